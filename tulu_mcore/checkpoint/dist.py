@@ -1,0 +1,139 @@
+"""Model checkpoints in megatron-core's torch_dist format, loadable at any TP/PP/VPP/CP/DP layout.
+
+A checkpoint directory holds megatron's files (``metadata.json``, ``.metadata``, ``*.distcp``,
+``common.pt``) plus ``tulu_mcore.json``: the architecture, the dtype, and the original HF
+``config.json`` when the weights came from one, so that export can reproduce it exactly. Tokenizer and
+generation files travel in ``hf/`` beside them.
+
+Writes are atomic: everything goes into ``<dir>.partial`` and is renamed into place at the end, so an
+interrupted save never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tulu_mcore import __version__
+from tulu_mcore.errors import CheckpointError
+from tulu_mcore.models.llama.arch import LlamaArch
+
+META_FILE = "tulu_mcore.json"
+SIDE_DIR = "hf"
+FORMAT_VERSION = 1
+
+
+def sharded_model_state(chunks) -> dict[str, Any]:
+    """All chunks' sharded state dicts in one dict (VPP chunks must be loaded in a single call)."""
+    from tulu_mcore.models.factory import unwrap
+
+    if len(chunks) == 1:
+        return {"model": unwrap(chunks[0]).sharded_state_dict()}
+    return {f"model{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_model(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torch.dtype,
+               hf_config: dict | None = None, side_files: list[Path] = (), extra: dict | None = None) -> Path:
+    """Collective: every rank writes its shards; rank 0 writes the metadata and renames into place."""
+    from megatron.core import dist_checkpointing
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".partial")
+    if _rank() == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    _barrier()
+    dist_checkpointing.save(sharded_model_state(chunks), str(tmp))
+    _barrier()
+    if _rank() == 0:
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "tulu_mcore_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "dtype": str(dtype).removeprefix("torch."),
+            "arch": arch.to_dict(),
+            "hf_config": hf_config,
+            **(extra or {}),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if side_files:
+            (tmp / SIDE_DIR).mkdir()
+            for f in side_files:
+                shutil.copy2(f, tmp / SIDE_DIR / Path(f).name)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    _barrier()
+    return out
+
+
+def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: not a directory (expected a checkpoint written by tulu-convert or tulu-train)")
+    if (d.with_name(d.name + ".partial")).exists() and not (d / META_FILE).exists():
+        raise CheckpointError(f"{d}: an interrupted save left only {d.name}.partial; save again")
+    if not (d / "metadata.json").is_file() or not (d / ".metadata").is_file():
+        raise CheckpointError(
+            f"{d}: not a megatron torch_dist checkpoint (metadata.json or .metadata missing)"
+        )
+    meta_path = d / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: not found; this checkpoint was not written by tulu_mcore")
+    try:
+        meta = json.loads(meta_path.read_text())
+        LlamaArch.from_dict(meta["arch"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{meta_path}: unreadable ({type(e).__name__}: {e})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{meta_path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def checkpoint_arch(meta: dict[str, Any]) -> LlamaArch:
+    return LlamaArch.from_dict(meta["arch"])
+
+
+def checkpoint_dtype(meta: dict[str, Any]) -> torch.dtype:
+    return getattr(torch, meta["dtype"])
+
+
+def load_model(chunks, ckpt_dir: str | Path) -> None:
+    """Collective: load the model weights of a checkpoint into `chunks` at their layout."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+
+    from tulu_mcore.models.factory import unwrap
+
+    read_meta(ckpt_dir)
+    sharded = sharded_model_state(chunks)
+    try:
+        loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
+    except CheckpointingException as e:
+        raise CheckpointError(f"{ckpt_dir}: {str(e).splitlines()[0]}") from None
+    for key, chunk in zip(sharded, chunks):
+        missing, unexpected = unwrap(chunk).load_state_dict(loaded[key], strict=False)
+        missing = [k for k in missing if not k.endswith("_extra_state")]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{ckpt_dir}: weights do not match the model (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )

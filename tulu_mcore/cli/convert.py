@@ -1,0 +1,160 @@
+"""``tulu-convert``: move Llama weights between Hugging Face format and megatron torch_dist checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tulu_mcore.errors import cli_errors
+
+DESCRIPTION = """\
+Convert Llama 3.x weights between Hugging Face format and megatron-core torch_dist checkpoints, and
+verify a conversion against transformers.
+
+  tulu-convert hf-to-mcore HF_DIR OUT_DIR      HF config.json + safetensors -> torch_dist checkpoint
+  tulu-convert mcore-to-hf CKPT_DIR OUT_DIR    torch_dist checkpoint -> config.json + sharded safetensors
+  tulu-convert verify HF_DIR CKPT_DIR          logits of both on a fixed prompt, at a parallel layout
+
+A torch_dist checkpoint loads at any TP/PP/VPP/CP/DP layout. Both conversions stream: one process
+holds at most one copy of the model; for models larger than one host's memory, run them under
+torchrun with --tp/--pp so that each rank reads and writes only its own slices, e.g.
+  torchrun --nproc-per-node 8 -m tulu_mcore.cli.convert hf-to-mcore HF_DIR OUT_DIR --tp 8
+Bad input (not a Llama checkpoint, missing or truncated files) exits with code 2 and one message.
+"""
+
+
+def _layout_args(p: argparse.ArgumentParser, *, with_cp: bool = False) -> None:
+    g = p.add_argument_group("parallel layout (the product must equal the number of ranks)")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
+    g.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
+    g.add_argument("--vpp", type=int, default=1, help="virtual pipeline stages per rank (default 1)")
+    if with_cp:
+        g.add_argument("--cp", type=int, default=1, help="context-parallel size (default 1)")
+        g.add_argument("--sp", action="store_true", help="sequence parallel (needs --tp > 1)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the ranks compute (default cpu: gloo and the CPU runtime)")
+
+
+VERIFY_DESCRIPTION = (
+    "Run the HF model (transformers, eager attention) and the megatron checkpoint on a fixed prompt at "
+    "the given layout; the last line printed is max_abs_logit_diff=<float>; exit 0 iff it is within "
+    "tolerance. Starts TP*PP*CP ranks itself."
+)
+
+
+def verify_parser(prog: str = "tulu-convert verify") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=VERIFY_DESCRIPTION)
+    _verify_args(p)
+    return p
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("hf_dir", help="Hugging Face model directory (config.json + safetensors)")
+    p.add_argument("ckpt_dir", help="torch_dist checkpoint written by tulu-convert or tulu-train")
+    _layout_args(p, with_cp=True)
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="compute dtype of both models (default fp32)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="largest acceptable |logit difference| (default 1e-4 fp32, 5e-2 bf16, 2e-2 fp16)")
+    p.add_argument("--seq-len", type=int, default=64, help="prompt length in tokens (default 64)")
+    p.add_argument("--attention", choices=("sdpa", "flex", "te"), default="sdpa",
+                   help="core attention of the megatron model (default sdpa)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tulu-convert", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    h2m = sub.add_parser("hf-to-mcore", help="HF directory -> torch_dist checkpoint",
+                         description="Convert a Hugging Face Llama directory to a torch_dist checkpoint "
+                         "(model weights; config and tokenizer files travel along).")
+    h2m.add_argument("hf_dir", help="Hugging Face model directory (config.json + safetensors)")
+    h2m.add_argument("out_dir", help="new checkpoint directory")
+    h2m.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                     help="dtype to store (default: that of the HF weights)")
+    h2m.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    _layout_args(h2m)
+
+    m2h = sub.add_parser("mcore-to-hf", help="torch_dist checkpoint -> HF directory",
+                         description="Export a torch_dist checkpoint as config.json + sharded "
+                         "safetensors + index (+ tokenizer files), loadable by transformers and vLLM.")
+    m2h.add_argument("ckpt_dir", help="torch_dist checkpoint directory")
+    m2h.add_argument("out_dir", help="new Hugging Face model directory")
+    m2h.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                     help="dtype to write (default: that of the checkpoint)")
+    m2h.add_argument("--max-shard-size", default="2GB",
+                     help="largest safetensors file, e.g. 500MB, 2GB, 5GiB (default 2GB)")
+    m2h.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    _layout_args(m2h)
+
+    ver = sub.add_parser("verify", help="compare logits of an HF directory and a checkpoint",
+                         description=VERIFY_DESCRIPTION)
+    _verify_args(ver)
+    return p
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    t = text.strip().upper()
+    num = t.rstrip("KMGTIB")
+    unit = t[len(num):]
+    try:
+        value = float(num) * units[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500MB, 2GB)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return int(value)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    from tulu_mcore.runtime.logs import quiet_known_warnings
+
+    quiet_known_warnings()
+    args = build_parser().parse_args(argv)
+    if args.command == "hf-to-mcore":
+        from tulu_mcore.convert.hf_to_mcore import convert_hf_to_mcore
+
+        out = convert_hf_to_mcore(args.hf_dir, args.out_dir, overwrite=args.overwrite, tp=args.tp,
+                                  pp=args.pp, vpp=args.vpp, device=args.device, dtype=args.dtype)
+        _print_rank0(f"wrote {out}")
+    elif args.command == "mcore-to-hf":
+        from tulu_mcore.convert.mcore_to_hf import convert_mcore_to_hf
+
+        try:
+            shard = parse_size(args.max_shard_size)
+        except argparse.ArgumentTypeError as e:
+            from tulu_mcore.errors import UserError
+
+            raise UserError(f"--max-shard-size: {e}") from None
+        out = convert_mcore_to_hf(args.ckpt_dir, args.out_dir, overwrite=args.overwrite, tp=args.tp,
+                                  pp=args.pp, vpp=args.vpp, device=args.device, dtype=args.dtype,
+                                  max_shard_bytes=shard)
+        _print_rank0(f"wrote {out}")
+    elif args.command == "verify":
+        from tulu_mcore.convert.verify import VerifyArgs, verify
+
+        a = VerifyArgs(args.hf_dir, args.ckpt_dir, args.tp, args.pp, args.vpp, args.cp, args.sp,
+                       args.device, args.dtype, args.seq_len, args.attention)
+        print(f"verifying {a.ckpt_dir} against {a.hf_dir} on {a.tp * a.pp * a.cp} rank(s) ...", flush=True)
+        result, ok = verify(a, args.tol)
+        for k, v in result.items():
+            if k != "max_abs_logit_diff":
+                print(f"{k}={v}")
+        print(f"within_tolerance={ok}")
+        print(f"max_abs_logit_diff={result['max_abs_logit_diff']:.3e}")
+        sys.exit(0 if ok else 1)
+
+
+def _print_rank0(msg: str) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(msg, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""One validation step for a run: derive the sizes that follow from the config, reject what cannot run.
+
+Every violated constraint is reported on one line that names the constraint and the fix, and all of
+them are reported together, so that a user fixes a config in one pass rather than one error per launch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from tulu_mcore.config.schema import (
+    ATTENTION_BACKENDS,
+    DEVICES,
+    DTYPES,
+    FP8_FORMATS,
+    FP8_RECIPES,
+    RunConfig,
+)
+from tulu_mcore.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The parallel layout of a run, with every derived size."""
+
+    world_size: int
+    tp: int
+    pp: int
+    vpp: int
+    cp: int
+    dp: int
+    sp: bool
+    segments: tuple[int, ...]  # decoder layers per pipeline segment, segment s = vpp_stage * pp + pp_rank
+    num_microbatches: int  # per optimizer step on each data-parallel rank
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tp * self.pp * self.cp
+
+
+def have_transformer_engine() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def _divisors(n: int, limit: int | None = None) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0 and (limit is None or d <= limit)]
+
+
+def even_segments(num_layers: int, n_segments: int) -> tuple[int, ...]:
+    return tuple([num_layers // n_segments] * n_segments)
+
+
+def validate(
+    cfg: RunConfig,
+    world_size: int,
+    *,
+    device: str | None = None,
+    have_te: bool | None = None,
+    training: bool = True,
+) -> Layout:
+    """Check `cfg` for `world_size` ranks; return the derived layout or raise ConfigError.
+
+    `device` is the resolved device ("cuda" or "cpu"); `have_te` whether Transformer Engine imports
+    (default: what this machine has). `training=False` skips the `train` section (sequence length,
+    batch sizes): conversion and verification choose their own.
+    """
+    if have_te is None:
+        have_te = have_transformer_engine()
+    p, a, prec = cfg.parallel, cfg.model.arch, cfg.precision
+    errs: list[str] = []
+
+    def err(msg: str) -> None:
+        errs.append(msg)
+
+    for name in ("tp", "pp", "vpp", "cp"):
+        if getattr(p, name) < 1:
+            err(f"parallel.{name}={getattr(p, name)} must be >= 1: set parallel.{name}=1 to disable it")
+    if errs:
+        raise ConfigError(errs)
+
+    mp = p.tp * p.pp * p.cp
+    if world_size % mp:
+        err(
+            f"world size {world_size} is not divisible by TP*PP*CP = {p.tp}*{p.pp}*{p.cp} = {mp}: "
+            f"launch a multiple of {mp} ranks, or choose tp/pp/cp whose product divides {world_size}"
+        )
+    dp = max(world_size // mp, 1)
+
+    # --- tensor parallel vs the model's shapes
+    if a.num_attention_heads % p.tp:
+        err(
+            f"parallel.tp={p.tp} does not divide model.arch.num_attention_heads="
+            f"{a.num_attention_heads}: choose tp from {_divisors(a.num_attention_heads)}"
+        )
+    if a.num_key_value_heads % p.tp:
+        err(
+            f"parallel.tp={p.tp} does not divide the query groups (model.arch.num_key_value_heads="
+            f"{a.num_key_value_heads}); each TP rank must hold whole KV heads: choose tp from "
+            f"{_divisors(a.num_key_value_heads)}"
+        )
+    if a.vocab_size % p.tp:
+        err(
+            f"parallel.tp={p.tp} does not divide model.arch.vocab_size={a.vocab_size}: choose tp "
+            f"from {_divisors(a.vocab_size, 64)} or pad the vocabulary to a multiple of {p.tp}"
+        )
+    if p.sp and p.tp == 1:
+        err("parallel.sp=true needs parallel.tp > 1: set parallel.sp=false or raise parallel.tp")
+
+    # --- pipeline layout
+    n_seg = p.pp * p.vpp
+    segments: tuple[int, ...] = ()
+    if p.vpp > 1 and p.pp == 1:
+        err(f"parallel.vpp={p.vpp} needs parallel.pp > 1: set parallel.vpp=1 or raise parallel.pp")
+    elif p.pipeline_layout is not None:
+        lay = list(p.pipeline_layout)
+        if len(lay) != n_seg:
+            err(
+                f"parallel.pipeline_layout has {len(lay)} entries but pp*vpp = {n_seg} segments: "
+                f"give one layer count per segment"
+            )
+        elif sum(lay) != a.num_hidden_layers or min(lay) < 1:
+            err(
+                f"parallel.pipeline_layout={lay} must hold positive counts summing to "
+                f"model.arch.num_hidden_layers={a.num_hidden_layers}"
+            )
+        else:
+            segments = tuple(lay)
+    elif a.num_hidden_layers % n_seg:
+        good = [d for d in _divisors(a.num_hidden_layers) if d % p.pp == 0]
+        err(
+            f"model.arch.num_hidden_layers={a.num_hidden_layers} is not divisible by "
+            f"pp*vpp = {p.pp}*{p.vpp} = {n_seg}: choose pp*vpp from {good}, or set "
+            f"parallel.pipeline_layout to {n_seg} layer counts summing to {a.num_hidden_layers}"
+        )
+    else:
+        segments = even_segments(a.num_hidden_layers, n_seg)
+
+    # --- sequence and batch
+    nmb = 1
+    if training:
+        nmb = _check_batch(cfg, dp, err)
+
+    # --- precision and kernels
+    # --- precision and kernels
+    if prec.params_dtype not in DTYPES:
+        err(f"precision.params_dtype={prec.params_dtype!r} is not one of {list(DTYPES)}")
+    if cfg.runtime.device not in DEVICES:
+        err(f"runtime.device={cfg.runtime.device!r} is not one of {list(DEVICES)}")
+    if cfg.model.attention not in ATTENTION_BACKENDS:
+        err(f"model.attention={cfg.model.attention!r} is not one of {list(ATTENTION_BACKENDS)}")
+    if cfg.model.attention == "te" and not have_te:
+        err(
+            "model.attention=te needs Transformer Engine, which is not installed: "
+            "pip install 'tulu-mcore[te]' on a CUDA machine, or set model.attention=sdpa"
+        )
+    elif cfg.model.attention == "te" and device == "cpu":
+        err("model.attention=te needs a CUDA device: set model.attention=sdpa to run on CPU")
+    if prec.fp8 is not None:
+        if prec.fp8 not in FP8_FORMATS:
+            err(f"precision.fp8={prec.fp8!r} is not one of {list(FP8_FORMATS)} (or null)")
+        if prec.fp8_recipe not in FP8_RECIPES:
+            err(f"precision.fp8_recipe={prec.fp8_recipe!r} is not one of {list(FP8_RECIPES)}")
+        if not have_te:
+            err(
+                "precision.fp8 needs Transformer Engine, which is not installed (without it "
+                "megatron-core silently runs in bf16): pip install 'tulu-mcore[te]' on a CUDA "
+                "machine, or choose precision=bf16"
+            )
+        elif device == "cpu":
+            err("precision.fp8 needs a CUDA device: set runtime.device=cuda or choose precision=bf16")
+        elif cfg.model.attention in ("sdpa", "flex"):
+            err(
+                f"precision.fp8 runs only in Transformer Engine layers but model.attention="
+                f"{cfg.model.attention} selects the local spec: set model.attention=te (or auto)"
+            )
+    elif prec.fp8_param:
+        err("precision.fp8_param=true needs precision.fp8 set: set precision.fp8=e4m3 or fp8_param=false")
+
+    if errs:
+        raise ConfigError(errs)
+    return Layout(
+        world_size=world_size,
+        tp=p.tp,
+        pp=p.pp,
+        vpp=p.vpp,
+        cp=p.cp,
+        dp=dp,
+        sp=p.sp,
+        segments=segments,
+        num_microbatches=nmb,
+    )
+
+
+def _check_batch(cfg: RunConfig, dp: int, err) -> int:
+    """Sequence length and batch sizes against the layout; returns micro-batches per step."""
+    p, t = cfg.parallel, cfg.train
+    if p.cp > 1 and t.seq_length % (2 * p.cp):
+        err(
+            f"train.seq_length={t.seq_length} is not divisible by 2*cp = {2 * p.cp} (context "
+            f"parallel splits each sequence into 2*cp chunks): make seq_length a multiple of {2 * p.cp}"
+        )
+    if p.sp and t.seq_length % p.tp:
+        err(
+            f"train.seq_length={t.seq_length} is not divisible by tp={p.tp}, which sequence parallel "
+            f"needs: make seq_length a multiple of {p.tp}"
+        )
+    if t.micro_batch_size < 1 or t.global_batch_size < 1:
+        err("train.micro_batch_size and train.global_batch_size must be >= 1")
+        return 1
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        err(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by micro_batch_size*dp = "
+            f"{t.micro_batch_size}*{dp}: make the global batch a multiple of "
+            f"{t.micro_batch_size * dp}"
+        )
+    nmb = max(t.global_batch_size // (t.micro_batch_size * dp), 1)
+    if p.vpp > 1 and nmb % p.pp:
+        err(
+            f"interleaved pipelining needs micro-batches per step ({nmb}) to be a multiple of pp="
+            f"{p.pp}: raise train.global_batch_size to a multiple of {p.pp * t.micro_batch_size * dp}"
+        )
+    return nmb

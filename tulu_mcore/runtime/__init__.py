@@ -1,0 +1,54 @@
+"""Start a rank: distributed init, device, the CPU runtime, megatron parallel state, seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tulu_mcore.config.schema import RunConfig
+from tulu_mcore.config.validate import Layout, validate
+from tulu_mcore.runtime.distributed import DistEnv, detect_env, init_process_group, resolve_device
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str
+    env: DistEnv
+    layout: Layout
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.rank == 0
+
+
+def setup(cfg: RunConfig, *, training: bool = True) -> Runtime:
+    """Everything a rank does before building a model. Validates `cfg` for this world size first,
+    so an impossible layout fails before any process group or model exists. `training=False`
+    (conversion, verification) skips the checks of the `train` section."""
+    device = resolve_device(cfg.runtime.device)
+    env = detect_env()
+    layout = validate(cfg, env.world_size, device=device, training=training)
+    if device == "cpu":
+        from tulu_mcore.runtime import cpu
+
+        cpu.install()
+    init_process_group(device, env)
+    from tulu_mcore.runtime.parallel import init_model_parallel, seed_everything
+
+    init_model_parallel(layout)
+    seed_everything(cfg.runtime.seed)
+    return Runtime(device=device, env=env, layout=layout)
+
+
+def teardown() -> None:
+    import torch.distributed as dist
+
+    from tulu_mcore.runtime.parallel import destroy_model_parallel
+
+    destroy_model_parallel()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

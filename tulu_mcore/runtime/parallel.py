@@ -1,0 +1,41 @@
+"""megatron-core parallel state (TP, SP, PP, VPP, CP, DP) and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from tulu_mcore.config.validate import Layout
+
+
+def init_model_parallel(layout: Layout) -> None:
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
+        context_parallel_size=layout.cp,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank: DP replicas build identical weights, and on CPU (full master weights
+    drawn, then sliced) TP shards are slices of one matrix. Megatron's tracker derives the per-TP-rank
+    seeds for dropout from it."""
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_model_parallel() -> None:
+    from megatron.core import parallel_state as ps
+
+    ps.destroy_model_parallel()
