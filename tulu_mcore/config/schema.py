@@ -66,10 +66,24 @@ class TrainConfig:
 
 
 @dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0  # decoupled (AdamW)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0  # global gradient-norm clipping; 0 disables
+    # Shard fp32 main weights and Adam states over data-parallel ranks (ZeRO-1): ~12 bytes/param
+    # of optimizer memory divided by DP.
+    distributed: bool = True
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
 

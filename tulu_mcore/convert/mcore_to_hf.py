@@ -28,9 +28,9 @@ def hf_config_for(meta: dict, dtype: torch.dtype) -> dict:
     arch = checkpoint_arch(meta)
     cfg = dict(meta["hf_config"]) if meta.get("hf_config") else arch.to_hf_config(dtype)
     name = str(dtype).removeprefix("torch.")
-    cfg["torch_dtype"] = name
-    if "dtype" in cfg:  # the transformers 5 spelling
-        cfg["dtype"] = name
+    keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]  # transformers 4 / 5
+    for k in keys:
+        cfg[k] = name
     return cfg
 
 

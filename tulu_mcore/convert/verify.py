@@ -100,9 +100,11 @@ def run_worker(a: VerifyArgs, logits_out: str) -> None:
 
 def reference_logits(a: VerifyArgs, tokens: torch.Tensor) -> torch.Tensor:
     from transformers import LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from tulu_mcore.models.factory import TORCH_DTYPES
 
+    hf_logging.disable_progress_bar()
     device = "cuda" if a.device == "cuda" else "cpu"
     model = LlamaForCausalLM.from_pretrained(a.hf_dir, dtype=TORCH_DTYPES[a.dtype], attn_implementation="eager")
     model = model.to(device).eval()

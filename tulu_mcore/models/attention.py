@@ -17,6 +17,8 @@ for long sequences on GPUs use Transformer Engine (``model.attention=te``).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -175,12 +177,14 @@ class FlexCoreAttention(LocalCoreAttention):
             def mask_mod(b, h, qi, ki):
                 return allowed[qi, ki]
         block_mask = create_block_mask(mask_mod, None, None, sq, sk, device=str(q.device))
-        fn = flex_attention
         if q.is_cuda:
             if FlexCoreAttention._compiled is None:
                 FlexCoreAttention._compiled = torch.compile(flex_attention, dynamic=False)
-            fn = FlexCoreAttention._compiled
-        return fn(q, k, v, block_mask=block_mask, scale=self.softmax_scale, enable_gqa=True)
+            return FlexCoreAttention._compiled(q, k, v, block_mask=block_mask, scale=self.softmax_scale,
+                                               enable_gqa=True)
+        with warnings.catch_warnings():  # eager on CPU is intended (correctness, not speed)
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(q, k, v, block_mask=block_mask, scale=self.softmax_scale, enable_gqa=True)
 
 
 ATTENTION_MODULES = {"sdpa": LocalCoreAttention, "flex": FlexCoreAttention}

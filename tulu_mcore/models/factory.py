@@ -17,6 +17,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from tulu_mcore.config.schema import PrecisionConfig
 from tulu_mcore.config.validate import Layout, have_transformer_engine
+from tulu_mcore.errors import ConfigError
 from tulu_mcore.models.llama.arch import LlamaArch
 from tulu_mcore.models.specs import final_norm_for, stack_spec
 
@@ -51,6 +52,14 @@ def transformer_config(
 ) -> TransformerConfig:
     dtype = TORCH_DTYPES[precision.params_dtype]
     te = attention == "te"
+    # megatron-core accepts fp8 on the local spec and silently computes in bf16: refuse instead
+    if precision.fp8 is not None and not te:
+        raise ConfigError(
+            f"precision.fp8={precision.fp8} runs only in Transformer Engine layers, but the model uses "
+            f"the local spec (attention={attention}): install Transformer Engine and use attention=te"
+        )
+    if te and not have_transformer_engine():
+        raise ConfigError("attention=te needs Transformer Engine, which is not installed")
     on_gpu = device == "cuda"
     kw: dict[str, Any] = dict(
         # shape

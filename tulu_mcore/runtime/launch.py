@@ -13,23 +13,24 @@ _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_R
                 "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS")
 
 
-def torchrun_cmd(module: str, args: list[str], nproc: int) -> list[str]:
+def torchrun_cmd(target: str, args: list[str], nproc: int) -> list[str]:
+    entry = [target] if target.endswith(".py") else ["-m", target]
     return [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc-per-node", str(nproc),
         "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-        "-m", module, *args,
+        *entry, *args,
     ]
 
 
-def torchrun(module: str, args: list[str], nproc: int, *, capture: bool = False, env: dict | None = None,
+def torchrun(target: str, args: list[str], nproc: int, *, capture: bool = False, env: dict | None = None,
              timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m module args` on `nproc` local ranks and wait for it."""
+    """Run a module (`pkg.mod`) or a script (`path.py`) with `args` on `nproc` local ranks."""
     run_env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
     run_env.setdefault("OMP_NUM_THREADS", "1")  # also keeps torchrun from warning about it
     run_env.update(env or {})
     return subprocess.run(
-        torchrun_cmd(module, args, nproc), capture_output=capture, text=True, env=run_env, timeout=timeout,
+        torchrun_cmd(target, args, nproc), capture_output=capture, text=True, env=run_env, timeout=timeout,
     )
 
 

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random Llama checkpoints (HF and converted), and helpers that run the CLIs and
+torchrun workers in subprocesses (so this process never installs the CPU runtime by accident)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = ROOT / "tests" / "workers"
+INIT_STD = 0.1  # logits of a few units: a 1e-4 parity bound is then a strict one
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = str(item.fspath)
+        if "/dist/" in path:
+            item.add_marker(pytest.mark.dist)
+        elif "/unit/" in path:
+            item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (none visible)"))
+
+
+def run_cli(module: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def convert(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run_cli("tulu_mcore.cli.convert", *args, check=check)
+
+
+def run_worker(script: str, args: list[str], nproc: int) -> None:
+    from tulu_mcore.runtime.launch import torchrun
+
+    proc = torchrun(str(WORKERS / script), [str(a) for a in args], nproc=nproc, capture=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"{script} on {nproc} ranks failed:\n{proc.stdout}\n{proc.stderr[-6000:]}")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_arch():
+    from tulu_mcore.config.compose import model_preset
+
+    return model_preset("tiny").arch
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory, tiny_arch) -> dict[str, Path]:
+    """Random tiny LlamaForCausalLM checkpoints (fp32, GQA, llama3 RoPE): untied and tied."""
+    import dataclasses
+
+    from tulu_mcore.models.llama.tiny import make_hf_llama
+
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for name, tied in (("untied", False), ("tied", True)):
+        arch = dataclasses.replace(tiny_arch, tie_word_embeddings=tied)
+        out[name] = make_hf_llama(root / name, arch, seed=1 if tied else 0, init_std=INIT_STD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_hf) -> dict[str, Path]:
+    """The tiny HF checkpoints converted with `tulu-convert hf-to-mcore` (one process)."""
+    root = tmp_path_factory.mktemp("mcore")
+    out = {}
+    for name, hf in tiny_hf.items():
+        convert("hf-to-mcore", hf, root / name)
+        out[name] = root / name
+    return out

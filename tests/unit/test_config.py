@@ -1,0 +1,116 @@
+"""Config composition and the one validation step: each impossible layout -> one line naming the
+constraint and the fix."""
+
+import pytest
+
+from tulu_mcore.config.compose import compose, model_preset
+from tulu_mcore.config.validate import validate
+from tulu_mcore.errors import ConfigError, UserError
+
+
+def problems(overrides, world, **kw):
+    cfg = compose(overrides)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg, world, device="cpu", have_te=False, **kw)
+    return e.value.problems
+
+
+def test_default_composes_and_validates():
+    cfg = compose([])
+    assert cfg.model.name == "tiny" and cfg.parallel.tp == 1 and cfg.precision.params_dtype == "fp32"
+    lay = validate(cfg, 1, device="cpu", have_te=False)
+    assert (lay.dp, lay.segments, lay.num_microbatches) == (1, (4,), 4)
+
+
+@pytest.mark.parametrize(
+    "layout,world,dp,segments",
+    [("tp2", 2, 1, (4,)), ("tp2_sp", 4, 2, (4,)), ("pp2", 2, 1, (2, 2)), ("pp2_vpp2", 2, 1, (1, 1, 1, 1)),
+     ("cp2", 2, 1, (4,)), ("dp", 2, 2, (4,))],
+)
+def test_layout_groups_validate(layout, world, dp, segments):
+    lay = validate(compose([f"parallel={layout}"]), world, device="cpu", have_te=False)
+    assert lay.dp == dp and lay.segments == segments
+
+
+# Published parameter counts of the Llama models (model cards / safetensors metadata).
+@pytest.mark.parametrize(
+    "preset,params",
+    [("llama3_2_1b", 1_235_814_400), ("llama3_2_3b", 3_212_749_824), ("llama3_1_8b", 8_030_261_248),
+     ("llama3_1_70b", 70_553_706_496), ("llama3_1_405b", 405_853_388_800)],
+)
+def test_presets_match_published_sizes(preset, params):
+    arch = model_preset(preset).arch
+    assert arch.num_params == params
+    validate(compose([f"model={preset}", "train.global_batch_size=8"]), 8, device="cpu", have_te=False)
+
+
+@pytest.mark.parametrize(
+    "overrides,world,needles",
+    [
+        # world size vs TP*PP*CP
+        (["parallel.tp=2"], 3, ["world size 3", "TP*PP*CP", "launch a multiple of 2"]),
+        # query groups vs TP (heads divide: 4 % 4 == 0; KV heads 2 do not)
+        (["parallel.tp=4"], 4, ["num_key_value_heads=2", "choose tp from [1, 2]"]),
+        # vocabulary vs TP
+        (["parallel.tp=2", "model.arch.vocab_size=511"], 2, ["vocab_size=511", "pad the vocabulary"]),
+        # layers vs PP*VPP
+        (["parallel.pp=3"], 3, ["num_hidden_layers=4", "pp*vpp", "pipeline_layout"]),
+        (["parallel.pp=2", "parallel.vpp=3", "train.global_batch_size=6"], 2,
+         ["num_hidden_layers=4", "pp*vpp = 2*3"]),
+        (["parallel.pp=2", "parallel.pipeline_layout=[3,2]"], 2, ["pipeline_layout=[3, 2]", "summing to"]),
+        # sequence vs 2*CP
+        (["parallel=cp2", "train.seq_length=30"], 2, ["seq_length=30", "2*cp = 4", "multiple of 4"]),
+        (["parallel=tp2_sp", "train.seq_length=33"], 2, ["seq_length=33", "sequence parallel"]),
+        # switches that need another dimension
+        (["parallel.sp=true"], 1, ["parallel.sp=true needs parallel.tp > 1"]),
+        (["parallel.vpp=2"], 1, ["parallel.vpp=2 needs parallel.pp > 1"]),
+        # batch
+        (["train.global_batch_size=3"], 2, ["global_batch_size=3", "micro_batch_size*dp"]),
+        (["parallel=pp2_vpp2", "train.global_batch_size=3"], 2, ["interleaved", "multiple of 2"]),
+        # FP8 without Transformer Engine is refused, never silently ignored
+        (["precision=fp8_delayed"], 1, ["precision.fp8 needs Transformer Engine", "precision=bf16"]),
+        (["precision.fp8_param=true"], 1, ["fp8_param=true needs precision.fp8"]),
+        (["model.attention=te"], 1, ["model.attention=te needs Transformer Engine"]),
+    ],
+)
+def test_each_impossible_layout_is_one_line(overrides, world, needles):
+    lines = problems(overrides, world)
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert "\n" not in lines[0]
+
+
+def test_several_violations_one_line_each():
+    # TP=3 breaks heads (4), query groups (2) and vocabulary (512) at once; all are reported together
+    lines = problems(["parallel.tp=3"], 3)
+    assert len(lines) == 3
+    assert any("num_attention_heads=4" in x for x in lines)
+    assert any("num_key_value_heads=2" in x for x in lines)
+    assert any("vocab_size=512" in x for x in lines)
+    assert all("choose tp from" in x for x in lines)
+
+
+def test_fp8_on_cpu_with_te_present_is_refused():
+    cfg = compose(["precision=fp8_tensorwise"])
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        validate(cfg, 1, device="cpu", have_te=True)
+    cfg = compose(["precision=fp8_tensorwise", "model.attention=sdpa"])
+    with pytest.raises(ConfigError, match="model.attention=sdpa"):
+        validate(cfg, 1, device="cuda", have_te=True)
+    validate(compose(["precision=fp8_tensorwise"]), 1, device="cuda", have_te=True)
+
+
+def test_non_training_jobs_skip_batch_checks():
+    cfg = compose(["parallel=cp2", "train.seq_length=30", "train.global_batch_size=3"])
+    lay = validate(cfg, 2, device="cpu", have_te=False, training=False)
+    assert lay.cp == 2
+
+
+def test_type_errors_name_the_key():
+    with pytest.raises(UserError, match="parallel.tp"):
+        compose(["parallel.tp=two"])
+    with pytest.raises(UserError, match="model/nonexistent"):
+        compose(["model=nonexistent"])
+    with pytest.raises(UserError, match="unknown model preset"):
+        model_preset("nonexistent")
