@@ -71,6 +71,7 @@ def test_presets_match_published_sizes(preset, params):
         (["precision=fp8_delayed"], 1, ["precision.fp8 needs Transformer Engine", "precision=bf16"]),
         (["precision.fp8_param=true"], 1, ["fp8_param=true needs precision.fp8"]),
         (["model.attention=te"], 1, ["model.attention=te needs Transformer Engine"]),
+        (["model.attention=flex"], 1, ["flex cannot train on CPU", "model.attention=sdpa"]),
     ],
 )
 def test_each_impossible_layout_is_one_line(overrides, world, needles):

@@ -156,6 +156,9 @@ def validate(
         )
     elif cfg.model.attention == "te" and device == "cpu":
         err("model.attention=te needs a CUDA device: set model.attention=sdpa to run on CPU")
+    if cfg.model.attention == "flex" and device == "cpu" and training:
+        err("model.attention=flex cannot train on CPU (torch's flex_attention has no CPU backward): "
+            "set model.attention=sdpa")
     if prec.fp8 is not None:
         if prec.fp8 not in FP8_FORMATS:
             err(f"precision.fp8={prec.fp8!r} is not one of {list(FP8_FORMATS)} (or null)")
