@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import convert
-from tulu_mcore.convert.hf_io import HFCheckpoint, ShardedSafetensorsWriter
+from tulu_mcore.convert.hf_io import HFCheckpoint, StreamingSafetensorsWriter
 from tulu_mcore.errors import UserError
 from tulu_mcore.models.llama.mapping import hf_shapes
 
@@ -114,19 +114,31 @@ def test_cli_refuses_foreign_checkpoint_dir(tiny_hf, tmp_path):
     assert "not a megatron torch_dist checkpoint" in proc.stderr
 
 
-def test_writer_plans_shards_and_index(tmp_path, tiny_arch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streaming_writer_output_reads_back(tmp_path, tiny_arch, dtype):
     shapes = hf_shapes(tiny_arch)
-    w = ShardedSafetensorsWriter(tmp_path, shapes, torch.float32, max_shard_bytes=200_000)
-    assert len(w.files) > 1
-    tensors = {n: torch.randn(s) for n, s in shapes.items()}
-    for n, t in tensors.items():
-        w.add(n, t)
-    w.finish()
+    limit = 200_000 if dtype == torch.float32 else 100_000
+    tensors = {n: torch.randn(s).to(dtype) for n, s in shapes.items()}
+    # two ranks, each writing its own shards (as under torchrun); rank 0 writes the index
+    writers = [StreamingSafetensorsWriter(tmp_path, shapes, dtype, limit, rank=r, ranks=2) for r in (0, 1)]
+    assert len(writers[0].files) > 2
+    for w in writers:
+        for n, t in tensors.items():
+            w.add(n, t)
+        w.finish_rank()
+    writers[0].write_index()
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(shapes)
-    assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in tensors.values())
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
     seen = {}
-    for f in w.files:
-        assert (tmp_path / f).stat().st_size <= 200_000 + 4096  # tensor bytes + the JSON header
-        seen.update(load_file(tmp_path / f))
-    assert all(torch.equal(seen[n], t) for n, t in tensors.items())
+    for f in writers[0].files:
+        assert (tmp_path / f).stat().st_size <= limit + 4096  # tensor bytes + the JSON header
+        seen.update(load_file(tmp_path / f))  # the safetensors library reads what we wrote
+    assert set(seen) == set(tensors)
+    assert all(seen[n].dtype == dtype and torch.equal(seen[n], t) for n, t in tensors.items())
+
+
+def test_streaming_writer_refuses_out_of_order(tmp_path, tiny_arch):
+    w = StreamingSafetensorsWriter(tmp_path, hf_shapes(tiny_arch), torch.float32, 1 << 30)
+    with pytest.raises(RuntimeError, match="expected model.embed_tokens.weight"):
+        w.add("model.norm.weight", torch.ones(tiny_arch.hidden_size))

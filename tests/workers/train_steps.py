@@ -31,7 +31,8 @@ def main(ckpt: str, out: str, overrides: list[str]) -> None:
     from tulu_mcore.training.setup import build_optimizer, wrap_for_training
     from tulu_mcore.training.step import train_step
 
-    cfg = compose(["runtime.device=cpu", *overrides])
+    device = [] if any(o.startswith("runtime.device=") for o in overrides) else ["runtime.device=cpu"]
+    cfg = compose([*device, *overrides])
     cfg.model.arch = checkpoint_arch(read_meta(ckpt))
     steps = 3
     rt = runtime.setup(cfg)

@@ -47,11 +47,64 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def save_model(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torch.dtype,
-               hf_config: dict | None = None, side_files: list[Path] = (), extra: dict | None = None) -> Path:
-    """Collective: every rank writes its shards; rank 0 writes the metadata and renames into place."""
-    from megatron.core import dist_checkpointing
+def _own_storage(state: dict[str, Any], chunks, release: bool) -> None:
+    """Give every CPU tensor to be saved a storage of its own, one at a time.
 
+    Some sharded tensors are views (the SwiGLU fc1 weight is saved as its gate and up halves).
+    torch.save would write a view's whole storage, so megatron's writer clones all views at once:
+    about a third of a Llama's weights copied again. Here each view is cloned in turn and, with
+    `release` (the model is not needed after saving: conversion), the parameter it came from is freed
+    as soon as all of its views are copied, so memory stays at one copy of the model.
+    """
+    from collections import Counter
+
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories
+
+    from tulu_mcore.models.factory import unwrap
+
+    apply_factories(state)
+    views = [
+        st for st in nested_values(state)
+        if isinstance(st, ShardedTensor) and st.data is not None and st.data.device.type == "cpu"
+        and st.data.untyped_storage().nbytes() != st.data.numel() * st.data.element_size()
+    ]
+    owners = {p.untyped_storage().data_ptr(): p for c in chunks for p in unwrap(c).parameters()}
+    left = Counter(st.data.untyped_storage().data_ptr() for st in views)
+    for st in views:
+        ptr = st.data.untyped_storage().data_ptr()
+        st.data = st.data.clone()
+        left[ptr] -= 1
+        if release and left[ptr] == 0 and ptr in owners:
+            p = owners[ptr]
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    """megatron's torch_dist save, synchronous, with parallel file writers."""
+    import os
+    import queue
+
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
+
+    # Even a synchronous save collects the writers' results through a multiprocessing Manager, a
+    # spawned process that re-imports __main__ (seconds per save). The writers are threads of this
+    # process here, so an in-process queue carries the same results.
+    if getattr(filesystem_async, "_results_queue", "absent") is None:
+        filesystem_async._results_queue = queue.Queue()
+    threads = int(os.environ.get("TULU_SAVE_THREADS", 4))
+    strategy = TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=threads)
+    dist_checkpointing.save(state, str(path), sharded_strategy=strategy)
+
+
+def save_model(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torch.dtype,
+               hf_config: dict | None = None, side_files: list[Path] = (), extra: dict | None = None,
+               release: bool = False) -> Path:
+    """Collective: every rank writes its shards; rank 0 writes the metadata and renames into place.
+
+    `release=True` frees parameters while saving (for conversion: the model is unusable afterwards)."""
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
     if _rank() == 0:
@@ -59,7 +112,9 @@ def save_model(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torch.dty
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier()
-    dist_checkpointing.save(sharded_model_state(chunks), str(tmp))
+    state = sharded_model_state(chunks)
+    _own_storage(state, chunks, release)
+    _save(state, tmp)
     _barrier()
     if _rank() == 0:
         meta = {

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from tulu_mcore.errors import UserError
 from tulu_mcore.models.llama.arch import LlamaArch, read_json
@@ -140,7 +139,9 @@ class HFCheckpoint:
         try:
             h = self._handles.get(f)
             if h is None:
-                h = self._handles[f] = safe_open(f, framework="pt")
+                # pread, not mmap: bytes read are ordinary memory freed after the copy, rather than
+                # file pages mapped (and counted in RSS) for as long as the file stays open
+                h = self._handles[f] = safe_open(f, framework="pt", backend="pread")
             sl = h.get_slice(name)
             if dim is None:
                 return sl[:]
@@ -149,6 +150,9 @@ class HFCheckpoint:
             return sl[:, start:stop]
         except SafetensorError as e:
             raise UserError(f"{f}: cannot read tensor {name} ({e})") from None
+
+    def close(self) -> None:
+        self._handles.clear()
 
     def side_files(self) -> list[Path]:
         return [self.path / n for n in SIDE_FILES if (self.path / n).is_file()]
@@ -167,16 +171,20 @@ def copy_side_files(files: list[Path], dest: Path) -> None:
         shutil.copy2(f, dest / f.name)
 
 
-class ShardedSafetensorsWriter:
-    """Write HF tensors, arriving in a known order, as ``model-0000i-of-0000N.safetensors`` + index.
+class StreamingSafetensorsWriter:
+    """Write HF tensors that arrive in a known order as ``model-0000i-of-0000N.safetensors`` + index.
 
-    The shard plan is fixed up front from the names and shapes (so the file names are final), and each
-    shard is written as soon as its last tensor arrives: memory holds at most one shard's tensors.
+    The shard plan (names, shapes, dtype) is fixed up front, so each file's safetensors header can be
+    written before its data and every tensor is written the moment it arrives: memory holds one tensor,
+    whatever the model size. (The safetensors library writes whole files from a dict of tensors.)
+    With `ranks` > 1 this writer handles only the shards `i` with `i % ranks == rank`.
     """
 
     def __init__(self, out_dir: Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
-                 max_shard_bytes: int):
+                 max_shard_bytes: int, rank: int = 0, ranks: int = 1):
         self.out_dir = out_dir
+        self.dtype = dtype
+        self.st_dtype = {v: k for k, v in ST_DTYPES.items()}[dtype]
         esize = torch.empty(0, dtype=dtype).element_size()
         plan: list[list[str]] = [[]]
         used = 0
@@ -189,24 +197,58 @@ class ShardedSafetensorsWriter:
             used += nbytes
         n = len(plan)
         self.files = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.plan = plan
+        self.shapes = shapes
         self.shard_of = {name: i for i, names in enumerate(plan) for name in names}
-        self.remaining = [set(names) for names in plan]
-        self.pending: list[dict[str, torch.Tensor]] = [{} for _ in plan]
-        self.total_bytes = 0
+        self.mine = {i for i in range(n) if i % ranks == rank}
+        self.total_bytes = sum(_numel(s) * esize for s in shapes.values())
+        self._next = {i: 0 for i in self.mine}  # index of the next expected tensor in each shard
+        self._open: dict[int, object] = {}
+
+    def wants(self, name: str) -> bool:
+        return self.shard_of[name] in self.mine
+
+    def _start(self, i: int):
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        esize = torch.empty(0, dtype=self.dtype).element_size()
+        for name in self.plan[i]:
+            nbytes = _numel(self.shapes[name]) * esize
+            header[name] = {"dtype": self.st_dtype, "shape": list(self.shapes[name]),
+                            "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
+        f = open(self.out_dir / self.files[i], "wb")
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        return f
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         i = self.shard_of[name]
-        self.pending[i][name] = tensor.detach().to("cpu").contiguous()
-        self.remaining[i].discard(name)
-        if not self.remaining[i]:
-            save_file(self.pending[i], str(self.out_dir / self.files[i]), metadata={"format": "pt"})
-            self.total_bytes += sum(t.numel() * t.element_size() for t in self.pending[i].values())
-            self.pending[i] = {}
+        if i not in self.mine:
+            return
+        expected = self.plan[i][self._next[i]]
+        if name != expected or tuple(tensor.shape) != tuple(self.shapes[name]):
+            raise RuntimeError(f"writer expected {expected} {self.shapes[expected]}, got {name} "
+                               f"{tuple(tensor.shape)}")
+        f = self._open.get(i) or self._open.setdefault(i, self._start(i))
+        t = tensor.detach().to(device="cpu", dtype=self.dtype).contiguous()
+        f.write(t.reshape(-1).view(torch.uint8).numpy().data)  # the tensor's own bytes, no copy
+        self._next[i] += 1
+        if self._next[i] == len(self.plan[i]):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            del self._open[i]
 
-    def finish(self) -> None:
-        missing = sorted(n for r in self.remaining for n in r)
+    def finish_rank(self) -> None:
+        """Check that this rank's shards are complete."""
+        missing = [self.plan[i][self._next[i]] for i in self.mine if self._next[i] < len(self.plan[i])]
         if missing:
-            raise RuntimeError(f"export ended without {len(missing)} tensors, e.g. {missing[:3]}")
+            raise RuntimeError(f"export ended before {missing[:3]} arrived")
+
+    def write_index(self) -> None:
         index = {
             "metadata": {"total_size": self.total_bytes},
             "weight_map": {name: self.files[i] for name, i in self.shard_of.items()},

@@ -33,12 +33,16 @@ def load_hf_weights(chunks, hf: HFCheckpoint) -> None:
         t = hf_to_local(rule, hf_names, hf, tp_rank, tp, arch)
         if tuple(t.shape) != tuple(p.shape):
             raise RuntimeError(f"{name}: HF slice {tuple(t.shape)} != parameter {tuple(p.shape)}")
-        p.data.copy_(t)
+        if t.dtype == p.dtype and t.device == p.device and t.is_contiguous():
+            p.data = t  # the freshly read tensor becomes the parameter: no second copy in memory
+        else:
+            p.data.copy_(t)
         filled[vp].add(name)
 
     for owner_pp, vp, rule, hf_names, candidates in units(len(models), arch, pp, segments_of(models[0])):
         if owner_pp == pp_rank:
             fill(vp, rule, hf_names, candidates)
+    hf.close()
     # Tied embeddings with PP > 1: the last stage keeps its own copy of the embedding as the output
     # layer (megatron keeps the two in sync through the embedding group).
     last = models[-1]
@@ -58,7 +62,8 @@ def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, overwrite: bool = False, t
     from tulu_mcore import runtime
     from tulu_mcore.checkpoint.dist import save_model
     from tulu_mcore.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RunConfig, RuntimeConfig
-    from tulu_mcore.models.factory import DTYPE_NAMES, TORCH_DTYPES, build_model
+    from tulu_mcore.dtypes import DTYPE_NAMES, TORCH_DTYPES
+    from tulu_mcore.models.factory import build_model
 
     hf = HFCheckpoint(hf_dir)
     out = Path(out_dir)
@@ -76,6 +81,6 @@ def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, overwrite: bool = False, t
     load_hf_weights(chunks, hf)
     return save_model(
         chunks, out, arch=hf.arch, dtype=TORCH_DTYPES[params_dtype], hf_config=hf.config,
-        side_files=hf.side_files(), extra={"source": str(hf.path.resolve())},
+        side_files=hf.side_files(), extra={"source": str(hf.path.resolve())}, release=True,
     )
 

@@ -1,9 +1,14 @@
 """megatron -> HF: the ``tulu-convert mcore-to-hf`` job.
 
-The checkpoint is loaded into a model at this launch's layout (one process: the whole model; under
-torchrun: each rank its own slices), streamed through :func:`export_hf_weights`, and written by rank 0
-as sharded safetensors + index, ``config.json`` (the original one when the weights came from HF) and
-the tokenizer/generation files that travelled with the checkpoint.
+The checkpoint is read one tensor at a time straight from its global (layout-independent) form, turned
+into HF tensors by the same mapping table as everything else, and written as it arrives: memory holds
+one tensor, whatever the model size, and no model or parallel layout is built. Under torchrun the
+output shards are divided among the ranks; each rank reads only the tensors of its shards. Rank 0 then
+writes the index, ``config.json`` (the original one when the weights came from HF) and the
+tokenizer/generation files that travelled with the checkpoint.
+
+Weights of a *live* model at any layout take the other path, :func:`tulu_mcore.convert.export.
+export_hf_weights`, which gathers TP shards and pipeline stages.
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import torch
-import torch.distributed as dist
 
-from tulu_mcore.checkpoint.dist import SIDE_DIR, checkpoint_arch, checkpoint_dtype, read_meta
-from tulu_mcore.convert.export import export_hf_weights
-from tulu_mcore.convert.hf_io import ShardedSafetensorsWriter
-from tulu_mcore.errors import UserError
-from tulu_mcore.models.llama.mapping import hf_shapes
+from tulu_mcore.checkpoint.dist import SIDE_DIR, checkpoint_arch, checkpoint_dtype
+from tulu_mcore.checkpoint.reader import CheckpointReader
+from tulu_mcore.convert.hf_io import StreamingSafetensorsWriter
+from tulu_mcore.errors import CheckpointError, UserError
+from tulu_mcore.models.llama.arch import LlamaArch
+from tulu_mcore.models.llama.mapping import hf_shapes, shards_to_hf, units
+from tulu_mcore.runtime.logs import progress as progress_bar
 
 DEFAULT_MAX_SHARD_BYTES = 2 << 30
 
@@ -34,47 +41,80 @@ def hf_config_for(meta: dict, dtype: torch.dtype) -> dict:
     return cfg
 
 
-def convert_mcore_to_hf(ckpt_dir: str, out_dir: str, *, overwrite: bool = False, tp: int = 1, pp: int = 1,
-                        vpp: int = 1, device: str = "cpu", dtype: str | None = None,
-                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = True) -> Path:
-    from tulu_mcore import runtime
-    from tulu_mcore.checkpoint.dist import load_model
-    from tulu_mcore.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RunConfig, RuntimeConfig
-    from tulu_mcore.models.factory import DTYPE_NAMES, TORCH_DTYPES, build_model
+def checkpoint_hf_tensors(reader: CheckpointReader, arch: LlamaArch,
+                          wanted=lambda name: True) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) in checkpoint order, read one megatron tensor at a time; megatron tensors whose
+    HF tensors are all unwanted are not read."""
+    for _, _, rule, hf_names, candidates in units(1, arch, 1, [arch.num_hidden_layers]):
+        if not any(wanted(n) for n in hf_names):
+            continue
+        key = next((c for c in candidates if reader.has(c)), None)
+        if key is None:
+            raise CheckpointError(f"{reader.path}: no tensor {' or '.join(candidates)} in the checkpoint")
+        yield from shards_to_hf(rule, hf_names, [reader.read(key)], arch)
 
-    meta = read_meta(ckpt_dir)
+
+def prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """Produce `items` in a background thread, up to `depth` ahead: reading the next tensor overlaps
+    writing the current one (both release the GIL in file I/O)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def run():
+        try:
+            for item in items:
+                q.put(item)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+        q.put(done)
+
+    threading.Thread(target=run, daemon=True).start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def convert_mcore_to_hf(ckpt_dir: str, out_dir: str, *, overwrite: bool = False, dtype: str | None = None,
+                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = True) -> Path:
+    import torch.distributed as dist
+
+    from tulu_mcore.dtypes import TORCH_DTYPES
+    from tulu_mcore.runtime.distributed import detect_env, init_process_group
+
+    reader = CheckpointReader(ckpt_dir)
+    meta = reader.meta
     arch = checkpoint_arch(meta)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: exists and is not empty; choose another directory or pass --overwrite")
-    params_dtype = dtype or DTYPE_NAMES[checkpoint_dtype(meta)]
-    torch_dtype = TORCH_DTYPES[params_dtype]
-    cfg = RunConfig(
-        model=ModelConfig(name=Path(ckpt_dir).name, arch=arch, attention="sdpa"),
-        parallel=ParallelConfig(tp=tp, pp=pp, vpp=vpp),
-        precision=PrecisionConfig(name=params_dtype, params_dtype=params_dtype),
-        runtime=RuntimeConfig(device=device),
-    )
-    rt = runtime.setup(cfg, training=False)
-    chunks = build_model(arch, rt.layout, cfg.precision, device=rt.device, attention="sdpa", init=False)
-    load_model(chunks, ckpt_dir)
-
+    torch_dtype = TORCH_DTYPES[dtype] if dtype else checkpoint_dtype(meta)
+    env = detect_env()
+    if env.world_size > 1:
+        init_process_group("cpu", env)
+    rank, ranks = env.rank, env.world_size
     tmp = out.with_name(out.name + ".partial")
-    is_main = dist.get_rank() == 0
-    writer = None
-    if is_main:
+    if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        writer = ShardedSafetensorsWriter(tmp, hf_shapes(arch), torch_dtype, max_shard_bytes)
-    bar = _progress(len(hf_shapes(arch)), enabled=progress and is_main)
-    for bucket in export_hf_weights(chunks, arch):
-        for name, t in bucket:
-            writer.add(name, t.to(torch_dtype))
-            bar.update(1)
+    if ranks > 1:
+        dist.barrier()
+    shapes = hf_shapes(arch)
+    writer = StreamingSafetensorsWriter(tmp, shapes, torch_dtype, max_shard_bytes, rank=rank, ranks=ranks)
+    bar = progress_bar(sum(writer.wants(n) for n in shapes), "export", "tensor", enabled=progress and rank == 0)
+    for name, t in prefetch(checkpoint_hf_tensors(reader, arch, writer.wants)):
+        writer.add(name, t)
+        bar.update(int(writer.wants(name)))
     bar.close()
-    if is_main:
-        writer.finish()
+    writer.finish_rank()
+    if ranks > 1:
+        dist.barrier()
+    if rank == 0:
+        writer.write_index()
         (tmp / "config.json").write_text(json.dumps(hf_config_for(meta, torch_dtype), indent=2) + "\n")
         side = Path(ckpt_dir) / SIDE_DIR
         if side.is_dir():
@@ -83,11 +123,7 @@ def convert_mcore_to_hf(ckpt_dir: str, out_dir: str, *, overwrite: bool = False,
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
-    dist.barrier()
+    if ranks > 1:
+        dist.barrier()
     return out
 
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="export", unit="tensor", disable=not enabled)

@@ -17,12 +17,11 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from tulu_mcore.config.schema import PrecisionConfig
 from tulu_mcore.config.validate import Layout, have_transformer_engine
+from tulu_mcore.dtypes import TORCH_DTYPES
 from tulu_mcore.errors import ConfigError
 from tulu_mcore.models.llama.arch import LlamaArch
 from tulu_mcore.models.specs import final_norm_for, stack_spec
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
 def resolve_attention(requested: str, device: str) -> str:

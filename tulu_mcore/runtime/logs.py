@@ -34,3 +34,12 @@ def quiet_known_warnings() -> None:
     drop = _DropMessages(("MCore's async save is deprecated", "No CUDA runtime is found"))
     for name in ("megatron.core.dist_checkpointing.strategies.torch", "torch.utils.cpp_extension"):
         logging.getLogger(name).addFilter(drop)
+
+
+def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
+    """A tqdm bar on an interactive terminal; nothing when output goes to a file or pipe."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and sys.stderr.isatty()))
