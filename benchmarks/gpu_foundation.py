@@ -34,23 +34,22 @@ def verify(hf: Path, ckpt: Path, dtype: str, seq: int) -> dict:
     return dict(re.findall(r"^(\w+)=(.*)$", out, flags=re.M))
 
 
-def parity(work: Path) -> dict:
+def parity(work: Path, record) -> dict:
     import torch
 
     from tulu_mcore.config.compose import model_preset
     from tulu_mcore.models.llama.tiny import make_hf_llama
 
     res = {}
-    for name, preset, dtype, std in (("tiny", "tiny", torch.float32, 0.1), ("1b", "llama3_2_1b", torch.bfloat16, 0.02)):
+    for name, preset, dtype, std in (("1b", "llama3_2_1b", torch.bfloat16, 0.02), ("tiny", "tiny", torch.float32, 0.1)):
         hf, ckpt = work / f"{name}-hf", work / f"{name}-mcore"
-        t0 = time.time()
         make_hf_llama(hf, model_preset(preset).arch, dtype=dtype, init_std=std, max_shard_size="1GB")
         sh(CLI + ["hf-to-mcore", str(hf), str(ckpt), "--overwrite"])
-        for compute in ("fp32", "bf16"):
+        record(f"converted {name}", {})
+        for compute in ("bf16", "fp32"):
             r = verify(hf, ckpt, compute, 256)
             res[f"{name}_{compute}"] = r
-            print(f"parity {name} {compute}: {r}", flush=True)
-        print(f"{name}: {time.time() - t0:.0f}s", flush=True)
+            record(f"parity {name} {compute}", r)
     return res
 
 
@@ -133,6 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/tmp/gpu-bench")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--jsonl", default=None, help="append each result here as soon as it is measured")
     ap.add_argument("--timing", action="store_true", help="(internal) run only the timing, print JSON")
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--iters", type=int, default=10)
@@ -146,10 +146,21 @@ def main() -> None:
         return
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    res = {"parity": parity(work)}
+    start = time.time()
+
+    def record(what: str, data: dict) -> None:
+        line = json.dumps({"t_s": round(time.time() - start, 1), "what": what, **data})
+        print(line, flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as f:
+                f.write(line + "\n")
+
+    res = {}
     out = sh([sys.executable, __file__, "--timing", "--seq", str(args.seq), "--iters", str(args.iters),
               "--warmup", str(args.warmup)])
     res["timing"] = json.loads(out.split("TIMING ", 1)[1])
+    record("timing", res["timing"])
+    res["parity"] = parity(work, record)
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
