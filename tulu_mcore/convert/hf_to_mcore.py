@@ -3,6 +3,7 @@ slices; and the ``tulu-convert hf-to-mcore`` job that saves the result as a torc
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -10,6 +11,9 @@ import torch
 from tulu_mcore.convert.hf_io import HFCheckpoint
 from tulu_mcore.errors import UserError
 from tulu_mcore.models.llama.mapping import EMBEDDING, find_param, hf_to_local, units
+
+
+READ_THREADS = 4
 
 
 @torch.no_grad()
@@ -39,15 +43,18 @@ def load_hf_weights(chunks, hf: HFCheckpoint) -> None:
             p.data.copy_(t)
         filled[vp].add(name)
 
-    for owner_pp, vp, rule, hf_names, candidates in units(len(models), arch, pp, segments_of(models[0])):
-        if owner_pp == pp_rank:
-            fill(vp, rule, hf_names, candidates)
-    hf.close()
+    # Reads release the GIL: a few threads overlap file reads with the page faults of fresh memory.
+    mine = [(vp, rule, names, cands) for owner, vp, rule, names, cands
+            in units(len(models), arch, pp, segments_of(models[0])) if owner == pp_rank]
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        for _ in pool.map(lambda unit: fill(*unit), mine):
+            pass
     # Tied embeddings with PP > 1: the last stage keeps its own copy of the embedding as the output
     # layer (megatron keeps the two in sync through the embedding group).
     last = models[-1]
     if arch.tie_word_embeddings and last.post_process and not last.pre_process:
         fill(len(models) - 1, EMBEDDING, EMBEDDING.hf, ("output_layer.weight",))
+    hf.close()
     for vp, p in enumerate(params):
         left = sorted(set(p) - filled[vp])
         if left:
