@@ -19,7 +19,7 @@ INIT_STD = 0.1  # logits of a few units: a 1e-4 parity bound is then a strict on
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = str(item.fspath)
-        if "/dist/" in path:
+        if "/distributed/" in path:
             item.add_marker(pytest.mark.dist)
         elif "/unit/" in path:
             item.add_marker(pytest.mark.unit)
