@@ -66,3 +66,16 @@ def test_missing_fields_are_named():
     del cfg["hidden_size"], cfg["vocab_size"]
     with pytest.raises(UserError, match="missing required field.*vocab_size, hidden_size"):
         LlamaArch.from_hf_config(cfg)
+
+
+def test_resolve_arch_from_preset_dir_or_file(tiny_hf):
+    from tulu_mcore.config.compose import resolve_arch
+
+    tiny = model_preset("tiny").arch
+    assert resolve_arch("tiny") == tiny
+    assert resolve_arch(str(tiny_hf["untied"])) == tiny
+    assert resolve_arch(str(tiny_hf["tied"] / "config.json")) == dataclasses.replace(tiny, tie_word_embeddings=True)
+    with pytest.raises(UserError, match="no such file"):
+        resolve_arch("/nonexistent/model")
+    with pytest.raises(UserError, match="unknown model preset"):
+        resolve_arch("llama9")

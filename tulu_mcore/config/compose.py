@@ -9,6 +9,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tulu_mcore.config.schema import ModelConfig, RunConfig
 from tulu_mcore.errors import UserError
+from tulu_mcore.models.llama.arch import LlamaArch, read_json
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -46,6 +47,20 @@ def model_preset(name: str) -> ModelConfig:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise UserError(f"{path}: {str(e).splitlines()[0]}") from None
+
+
+def resolve_arch(spec: str) -> LlamaArch:
+    """A Llama architecture from a preset name (``conf/model/<name>.yaml``), an HF model directory or
+    its ``config.json``."""
+    path = Path(spec)
+    if path.is_dir():
+        return LlamaArch.from_hf_dir(path)
+    if path.is_file():
+        return LlamaArch.from_hf_config(read_json(path), str(path))
+    if "/" in spec or spec.endswith(".json"):
+        raise UserError(f"{spec}: no such file or directory (expected a preset name, an HF model directory "
+                        "or a config.json)")
+    return model_preset(spec).arch
 
 
 def to_yaml(cfg: RunConfig) -> str:

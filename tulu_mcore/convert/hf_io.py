@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import struct
+import threading
 from pathlib import Path
 
 import torch
@@ -84,6 +85,7 @@ class HFCheckpoint:
                     self._where[name] = f
                     self._info[name] = info
         self._handles: dict[Path, object] = {}
+        self._lock = threading.Lock()  # reads may come from several threads
         self._check()
 
     def _weight_files(self) -> list[Path]:
@@ -137,11 +139,12 @@ class HFCheckpoint:
     def read(self, name: str, dim: int | None = None, start: int = 0, stop: int | None = None) -> torch.Tensor:
         f = self._where[name]
         try:
-            h = self._handles.get(f)
-            if h is None:
-                # pread, not mmap: bytes read are ordinary memory freed after the copy, rather than
-                # file pages mapped (and counted in RSS) for as long as the file stays open
-                h = self._handles[f] = safe_open(f, framework="pt", backend="pread")
+            with self._lock:
+                h = self._handles.get(f)
+                if h is None:
+                    # pread, not mmap: bytes read are ordinary memory freed after the copy, rather
+                    # than file pages mapped (and counted in RSS) for as long as the file stays open
+                    h = self._handles[f] = safe_open(f, framework="pt", backend="pread")
             sl = h.get_slice(name)
             if dim is None:
                 return sl[:]

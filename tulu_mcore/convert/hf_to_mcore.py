@@ -7,10 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from tulu_mcore.convert.hf_io import HFCheckpoint
 from tulu_mcore.errors import UserError
 from tulu_mcore.models.llama.mapping import EMBEDDING, find_param, hf_to_local, units
+from tulu_mcore.runtime.logs import progress
 
 
 READ_THREADS = 4
@@ -46,9 +48,11 @@ def load_hf_weights(chunks, hf: HFCheckpoint) -> None:
     # Reads release the GIL: a few threads overlap file reads with the page faults of fresh memory.
     mine = [(vp, rule, names, cands) for owner, vp, rule, names, cands
             in units(len(models), arch, pp, segments_of(models[0])) if owner == pp_rank]
+    bar = progress(len(mine), "read HF", "param", enabled=dist.get_rank() == 0)
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         for _ in pool.map(lambda unit: fill(*unit), mine):
-            pass
+            bar.update(1)
+    bar.close()
     # Tied embeddings with PP > 1: the last stage keeps its own copy of the embedding as the output
     # layer (megatron keeps the two in sync through the embedding group).
     last = models[-1]
