@@ -139,8 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "verify":
         from tulu_mcore.convert.verify import VerifyArgs, verify
 
-        a = VerifyArgs(args.hf_dir, args.ckpt_dir, args.tp, args.pp, args.vpp, args.cp, args.sp,
-                       args.device, args.dtype, args.seq_len, args.attention)
+        a = VerifyArgs.from_namespace(args)
         print(f"verifying {a.ckpt_dir} against {a.hf_dir} on {a.tp * a.pp * a.cp} rank(s) ...", flush=True)
         result, ok = verify(a, args.tol)
         for k, v in result.items():

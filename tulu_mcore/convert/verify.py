@@ -49,6 +49,11 @@ class VerifyArgs:
                "--seq-len", str(self.seq_len), "--attention", self.attention]
         return out + (["--sp"] if self.sp else [])
 
+    @classmethod
+    def from_namespace(cls, ns) -> "VerifyArgs":
+        return cls(ns.hf_dir, ns.ckpt_dir, ns.tp, ns.pp, ns.vpp, ns.cp, ns.sp, ns.device, ns.dtype, ns.seq_len,
+                   ns.attention)
+
     @property
     def length(self) -> int:
         """The prompt length: seq_len rounded up to what the layout splits evenly."""
@@ -67,7 +72,9 @@ def prompt_tokens(hf_dir: str, vocab_size: int, length: int) -> torch.Tensor:
 
         if any(os.path.exists(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "tokenizer.model")):
             ids = [i for i in AutoTokenizer.from_pretrained(hf_dir)(PROMPT)["input_ids"] if i < vocab_size]
-    except Exception:  # an unreadable tokenizer must not stop a weight check: use the seeded ids
+    except Exception as e:  # the weights can still be checked: say so, and use the seeded ids
+        print(f"warning: {hf_dir}: tokenizer unreadable ({type(e).__name__}: {e}); using seeded token ids",
+              file=sys.stderr)
         ids = []
     if not ids:
         ids = torch.randint(0, vocab_size, (length,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -169,9 +176,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     p = verify_parser()
     p.add_argument("--logits-out", required=True)
     ns = p.parse_args(argv)
-    a = VerifyArgs(ns.hf_dir, ns.ckpt_dir, ns.tp, ns.pp, ns.vpp, ns.cp, ns.sp, ns.device, ns.dtype,
-                   ns.seq_len, ns.attention)
-    run_worker(a, ns.logits_out)
+    run_worker(VerifyArgs.from_namespace(ns), ns.logits_out)
 
 
 if __name__ == "__main__":

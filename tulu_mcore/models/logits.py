@@ -15,7 +15,8 @@ from tulu_mcore.models.context_parallel import cp_gather_sequence, split_for_cp
 
 @torch.no_grad()
 def full_logits(chunks, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Logits [b, s, vocab] (fp32) of `tokens` [b, s] on global rank 0; None on other ranks."""
+    """Logits [b, s, vocab] (fp32) of `tokens` [b, s] on global rank 0; None on other ranks.
+    Leaves the chunks in eval mode."""
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
