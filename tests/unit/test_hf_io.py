@@ -142,3 +142,15 @@ def test_streaming_writer_refuses_out_of_order(tmp_path, tiny_arch):
     w = StreamingSafetensorsWriter(tmp_path, hf_shapes(tiny_arch), torch.float32, 1 << 30)
     with pytest.raises(RuntimeError, match="expected model.embed_tokens.weight"):
         w.add("model.norm.weight", torch.ones(tiny_arch.hidden_size))
+
+
+def test_interrupted_save_is_named(tmp_path):
+    from tulu_mcore.checkpoint.dist import read_meta
+    from tulu_mcore.errors import CheckpointError
+
+    (tmp_path / "ckpt.partial").mkdir()
+    with pytest.raises(CheckpointError, match="interrupted save left only ckpt.partial"):
+        read_meta(tmp_path / "ckpt")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(CheckpointError, match="not a megatron torch_dist checkpoint"):
+        read_meta(tmp_path / "other")

@@ -27,6 +27,9 @@ from tulu_mcore.models.llama.arch import LlamaArch
 META_FILE = "tulu_mcore.json"
 SIDE_DIR = "hf"
 FORMAT_VERSION = 1
+# Files each rank writes in parallel: 4 measured ~2x faster than 1-2 even on a 2-core machine (the
+# writers wait on the disk, not the CPU).
+SAVE_THREADS = 4
 
 
 def sharded_model_state(chunks) -> dict[str, Any]:
@@ -82,7 +85,6 @@ def _own_storage(state: dict[str, Any], chunks, release: bool) -> None:
 
 def _save(state: dict[str, Any], path: Path) -> None:
     """megatron's torch_dist save, synchronous, with parallel file writers."""
-    import os
     import queue
 
     from megatron.core import dist_checkpointing
@@ -94,8 +96,7 @@ def _save(state: dict[str, Any], path: Path) -> None:
     # process here, so an in-process queue carries the same results.
     if getattr(filesystem_async, "_results_queue", "absent") is None:
         filesystem_async._results_queue = queue.Queue()
-    threads = int(os.environ.get("TULU_SAVE_THREADS", 4))
-    strategy = TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=threads)
+    strategy = TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=SAVE_THREADS)
     dist_checkpointing.save(state, str(path), sharded_strategy=strategy)
 
 
@@ -140,10 +141,10 @@ def save_model(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torch.dty
 
 def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     d = Path(ckpt_dir)
+    if not (d / META_FILE).exists() and d.with_name(d.name + ".partial").exists():
+        raise CheckpointError(f"{d}: an interrupted save left only {d.name}.partial; save again")
     if not d.is_dir():
         raise CheckpointError(f"{d}: not a directory (expected a checkpoint written by tulu-convert or tulu-train)")
-    if (d.with_name(d.name + ".partial")).exists() and not (d / META_FILE).exists():
-        raise CheckpointError(f"{d}: an interrupted save left only {d.name}.partial; save again")
     if not (d / "metadata.json").is_file() or not (d / ".metadata").is_file():
         raise CheckpointError(
             f"{d}: not a megatron torch_dist checkpoint (metadata.json or .metadata missing)"
