@@ -9,6 +9,7 @@ naming the file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import struct
@@ -130,7 +131,7 @@ class HFCheckpoint:
     @property
     def nbytes(self) -> int:
         return sum(
-            _DTYPE_SIZE[self._info[n]["dtype"]] * _numel(self._info[n]["shape"]) for n in hf_shapes(self.arch)
+            _DTYPE_SIZE[self._info[n]["dtype"]] * math.prod(self._info[n]["shape"]) for n in hf_shapes(self.arch)
         )
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -161,13 +162,6 @@ class HFCheckpoint:
         return [self.path / n for n in SIDE_FILES if (self.path / n).is_file()]
 
 
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 def copy_side_files(files: list[Path], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for f in files:
@@ -192,7 +186,7 @@ class StreamingSafetensorsWriter:
         plan: list[list[str]] = [[]]
         used = 0
         for name, shape in shapes.items():
-            nbytes = _numel(shape) * esize
+            nbytes = math.prod(shape) * esize
             if plan[-1] and used + nbytes > max_shard_bytes:
                 plan.append([])
                 used = 0
@@ -204,7 +198,7 @@ class StreamingSafetensorsWriter:
         self.shapes = shapes
         self.shard_of = {name: i for i, names in enumerate(plan) for name in names}
         self.mine = {i for i in range(n) if i % ranks == rank}
-        self.total_bytes = sum(_numel(s) * esize for s in shapes.values())
+        self.total_bytes = sum(math.prod(s) * esize for s in shapes.values())
         self._next = {i: 0 for i in self.mine}  # index of the next expected tensor in each shard
         self._open: dict[int, object] = {}
 
@@ -216,7 +210,7 @@ class StreamingSafetensorsWriter:
         offset = 0
         esize = torch.empty(0, dtype=self.dtype).element_size()
         for name in self.plan[i]:
-            nbytes = _numel(self.shapes[name]) * esize
+            nbytes = math.prod(self.shapes[name]) * esize
             header[name] = {"dtype": self.st_dtype, "shape": list(self.shapes[name]),
                             "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
