@@ -72,6 +72,13 @@ def test_presets_match_published_sizes(preset, params):
         (["precision.fp8_param=true"], 1, ["fp8_param=true needs precision.fp8"]),
         (["model.attention=te"], 1, ["model.attention=te needs Transformer Engine"]),
         (["model.attention=flex"], 1, ["flex cannot train on CPU", "model.attention=sdpa"]),
+        # training knobs
+        (["recipe=sft", "train.micro_batch_size=2", "train.global_batch_size=4"], 1,
+         ["packed SFT micro-batches are one row", "train.micro_batch_size=1"]),
+        (["recipe=sft", "data.max_seq_len=300"], 1, ["data.max_seq_len=300", "train.seq_length=256"]),
+        (["loss.reduction=mean"], 1, ["loss.reduction='mean'", "token_mean"]),
+        (["optim.warmup_ratio=1.5"], 1, ["warmup_ratio=1.5"]),
+        (["train.max_steps=0"], 1, ["train.max_steps=0 must be >= 1"]),
     ],
 )
 def test_each_impossible_layout_is_one_line(overrides, world, needles):

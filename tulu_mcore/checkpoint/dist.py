@@ -1,9 +1,11 @@
-"""Model checkpoints in megatron-core's torch_dist format, loadable at any TP/PP/VPP/CP/DP layout.
+"""Checkpoints in megatron-core's torch_dist format, loadable at any TP/PP/VPP/CP/DP layout.
 
 A checkpoint directory holds megatron's files (``metadata.json``, ``.metadata``, ``*.distcp``,
 ``common.pt``) plus ``tulu_mcore.json``: the architecture, the dtype, and the original HF
 ``config.json`` when the weights came from one, so that export can reproduce it exactly. Tokenizer and
-generation files travel in ``hf/`` beside them.
+generation files travel in ``hf/`` beside them. Training checkpoints add the optimizer (sharded,
+``fully_reshardable``), small common state (schedule, step, data cursor: ``common.pt``) and each rank's
+RNG state (``rng/``).
 
 Writes are atomic: everything goes into ``<dir>.partial`` and is renamed into place at the end, so an
 interrupted save never leaves a directory that looks complete.
@@ -100,12 +102,17 @@ def _save(state: dict[str, Any], path: Path) -> None:
     dist_checkpointing.save(state, str(path), sharded_strategy=strategy)
 
 
-def save_model(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torch.dtype,
-               hf_config: dict | None = None, side_files: list[Path] = (), extra: dict | None = None,
-               release: bool = False) -> Path:
+def save_checkpoint(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torch.dtype,
+                    hf_config: dict | None = None, side_files: list[Path] = (), extra: dict | None = None,
+                    optimizer=None, common: dict | None = None, per_rank: dict | None = None,
+                    release: bool = False) -> Path:
     """Collective: every rank writes its shards; rank 0 writes the metadata and renames into place.
 
-    `release=True` frees parameters while saving (for conversion: the model is unusable afterwards)."""
+    `optimizer`: also save its state; `common`: small picklable state, identical on all ranks;
+    `per_rank`: state that differs per rank (RNG); `release=True` frees parameters while saving (for
+    conversion: the model is unusable afterwards)."""
+    from tulu_mcore.checkpoint.optimizer import SHARDING
+
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
     if _rank() == 0:
@@ -114,8 +121,15 @@ def save_model(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torch.dty
         tmp.mkdir(parents=True)
     _barrier()
     state = sharded_model_state(chunks)
+    if optimizer is not None:
+        model_sd = state["model"] if len(chunks) == 1 else state
+        state = {**state, "optimizer": optimizer.sharded_state_dict(model_sd, metadata=SHARDING)}
+    state.update(common or {})
     _own_storage(state, chunks, release)
     _save(state, tmp)
+    if per_rank is not None:
+        (tmp / "rng").mkdir(exist_ok=True)
+        torch.save(per_rank, tmp / "rng" / f"rank_{_rank():05d}.pt")
     _barrier()
     if _rank() == 0:
         meta = {
@@ -125,6 +139,7 @@ def save_model(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torch.dty
             "dtype": str(dtype).removeprefix("torch."),
             "arch": arch.to_dict(),
             "hf_config": hf_config,
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             **(extra or {}),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -174,18 +189,34 @@ def checkpoint_dtype(meta: dict[str, Any]) -> torch.dtype:
 
 def load_model(chunks, ckpt_dir: str | Path) -> None:
     """Collective: load the model weights of a checkpoint into `chunks` at their layout."""
+    load_checkpoint(chunks, ckpt_dir)
+
+
+def load_checkpoint(chunks, ckpt_dir: str | Path, optimizer=None) -> dict:
+    """Collective: load the weights (and the optimizer's state) at the current layout. Returns the
+    checkpoint's common state and this rank's per-rank state (None when the world size changed)."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.core import CheckpointingException
 
+    from tulu_mcore.checkpoint import optimizer as opt_fix
     from tulu_mcore.models.factory import unwrap
 
-    read_meta(ckpt_dir)
+    meta = read_meta(ckpt_dir)
     sharded = sharded_model_state(chunks)
+    model_keys = list(sharded)
+    if optimizer is not None:
+        opt_fix.allocate_state(optimizer)
+        opt_fix.patch_loader()
+        model_sd = sharded["model"] if len(chunks) == 1 else dict(sharded)
+        sharded["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=opt_fix.SHARDING)
     try:
         loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
     except CheckpointingException as e:
         raise CheckpointError(f"{ckpt_dir}: {str(e).splitlines()[0]}") from None
-    for key, chunk in zip(sharded, chunks):
+    except KeyError as e:  # the optimizer state asked for is not in the checkpoint
+        raise CheckpointError(f"{ckpt_dir}: no {e.args[0]} in the checkpoint (a weights-only checkpoint "
+                              "cannot resume training; use it as model.init instead)") from None
+    for key, chunk in zip(model_keys, chunks):
         missing, unexpected = unwrap(chunk).load_state_dict(loaded[key], strict=False)
         missing = [k for k in missing if not k.endswith("_extra_state")]
         if missing or unexpected:
@@ -193,3 +224,13 @@ def load_model(chunks, ckpt_dir: str | Path) -> None:
                 f"{ckpt_dir}: weights do not match the model (missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]})"
             )
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+        opt_fix.unshare_steps(optimizer)
+    common = {k: v for k, v in loaded.items() if k not in model_keys and k != "optimizer"}
+    rank_file = Path(ckpt_dir) / "rng" / f"rank_{_rank():05d}.pt"
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    per_rank = None
+    if rank_file.is_file() and meta.get("world_size") == world:
+        per_rank = torch.load(rank_file, weights_only=False)
+    return {"common": common, "per_rank": per_rank}

@@ -6,6 +6,7 @@ step) are derived once, in :func:`tulu_mcore.config.validate.validate`, never st
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 from omegaconf import MISSING
 
 from tulu_mcore.models.llama.arch import LlamaArch
@@ -15,6 +16,11 @@ FP8_FORMATS = ("e4m3", "hybrid")
 FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
 ATTENTION_BACKENDS = ("auto", "te", "sdpa", "flex")
 DEVICES = ("auto", "cuda", "cpu")
+RECIPES = ("none", "sft")
+REDUCTIONS = ("sum", "token_mean")
+LR_SCHEDULES = ("linear", "cosine", "constant")
+RECOMPUTE = ("none", "selective", "full")
+ON_ERROR = ("strict", "skip")
 
 
 @dataclass
@@ -25,6 +31,12 @@ class ModelConfig:
     # attention on the local spec: causal, GQA, packed THD, context parallel). `auto`: te when
     # Transformer Engine is importable on a CUDA device, else sdpa.
     attention: str = "auto"
+    # Pretrained weights: an HF directory or hub name (its config.json replaces `arch`), a checkpoint
+    # from tulu-convert, or a run directory / checkpoint of an earlier run (SFT -> DPO -> RLVR).
+    init: str | None = None
+    # Tokenizer directory or hub name; default: the one that comes with `init` (or, for the tiny
+    # model, the built-in tiny tokenizer).
+    tokenizer: str | None = None
 
 
 @dataclass
@@ -60,9 +72,17 @@ class RuntimeConfig:
 
 @dataclass
 class TrainConfig:
-    seq_length: int = 64  # tokens per sequence (packed micro-batch length)
-    micro_batch_size: int = 1  # sequences per micro-batch per data-parallel rank
-    global_batch_size: int = 4  # sequences per optimizer step, all ranks together
+    seq_length: int = 64  # tokens per micro-batch row (packed SFT: conversations are packed into it)
+    micro_batch_size: int = 1  # rows per micro-batch per data-parallel rank (packed: must be 1)
+    global_batch_size: int = 4  # sequences (conversations) per optimizer step, all ranks together
+    epochs: int = 2  # passes over the data when max_steps is not set
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    save_interval: int = 1000  # checkpoint every N steps (and always at the end)
+    keep_last: int = 2  # checkpoints kept in run.dir/checkpoints (older ones are deleted)
+    # Activation recompute: none | selective (core attention: saves memory at long sequences for a
+    # few % time) | full (every layer: least memory, ~30 % more compute)
+    recompute: str = "none"
+    export_hf: bool = True  # write the final model to run.dir/hf in Hugging Face format
 
 
 @dataclass
@@ -76,6 +96,45 @@ class OptimConfig:
     # Shard fp32 main weights and Adam states over data-parallel ranks (ZeRO-1): ~12 bytes/param
     # of optimizer memory divided by DP.
     distributed: bool = True
+    lr_schedule: str = "linear"  # linear (Tülu) | cosine | constant, after the warmup
+    warmup_ratio: float = 0.03  # linear warmup over this share of the steps
+    min_lr: float = 0.0  # where the decay ends
+
+
+@dataclass
+class DataConfig:
+    # A local .jsonl/.json/.parquet file, a hub dataset name, builtin:sft-demo, or a list of
+    # {path, max_examples, split} entries (a mixture with per-source caps).
+    train: Any = "builtin:sft-demo"
+    max_seq_len: int | None = None  # truncate (or refuse) longer conversations; default train.seq_length
+    truncate: bool = True  # Tülu truncates; false: over-long conversations are errors (or skipped)
+    on_error: str = "strict"  # bad examples: strict (stop with file:line) | skip (count and report)
+    shuffle: bool = True
+    seed: int = 123  # epoch permutations and per-source caps
+    cache_dir: str | None = None  # tokenized data; default $TULU_CACHE_DIR or ~/.cache/tulu_mcore
+
+
+@dataclass
+class LossConfig:
+    # sum: Tülu 3's SFT loss, summed over trained tokens and divided by the sequences in the global
+    # batch (every token weighs the same); token_mean: divided by the trained tokens instead.
+    reduction: str = "sum"
+
+
+@dataclass
+class RunSection:
+    dir: str = "runs/default"  # checkpoints, metrics.jsonl, config.yaml, hf/; rerunning resumes here
+
+
+@dataclass
+class MetricsConfig:
+    tensorboard: bool = False  # also write TensorBoard events to run.dir/tensorboard (needs tensorboard)
+    progress: bool = True  # a progress bar (terminal) or one line per step (logs) on rank 0
+
+
+@dataclass
+class RecipeConfig:
+    name: str = "none"  # sft (more as they land)
 
 
 @dataclass
@@ -86,4 +145,9 @@ class RunConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunSection = field(default_factory=RunSection)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 

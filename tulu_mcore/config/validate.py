@@ -15,6 +15,11 @@ from tulu_mcore.config.schema import (
     DTYPES,
     FP8_FORMATS,
     FP8_RECIPES,
+    LR_SCHEDULES,
+    ON_ERROR,
+    RECIPES,
+    RECOMPUTE,
+    REDUCTIONS,
     RunConfig,
 )
 from tulu_mcore.errors import ConfigError
@@ -140,6 +145,7 @@ def validate(
     nmb = 1
     if training:
         nmb = _check_batch(cfg, dp, err)
+        _check_training(cfg, err)
 
     # --- precision and kernels
     # --- precision and kernels
@@ -224,3 +230,33 @@ def _check_batch(cfg: RunConfig, dp: int, err) -> int:
             f"{p.pp}: raise train.global_batch_size to a multiple of {p.pp * t.micro_batch_size * dp}"
         )
     return nmb
+
+
+def _choice(err, key: str, value, choices) -> None:
+    if value not in choices:
+        err(f"{key}={value!r} is not one of {list(choices)}")
+
+
+def _check_training(cfg: RunConfig, err) -> None:
+    """The training knobs: names that must be one of a set, ranges, and what packing requires."""
+    t, o, d = cfg.train, cfg.optim, cfg.data
+    _choice(err, "recipe.name", cfg.recipe.name, RECIPES)
+    _choice(err, "loss.reduction", cfg.loss.reduction, REDUCTIONS)
+    _choice(err, "optim.lr_schedule", o.lr_schedule, LR_SCHEDULES)
+    _choice(err, "train.recompute", t.recompute, RECOMPUTE)
+    _choice(err, "data.on_error", d.on_error, ON_ERROR)
+    if not 0.0 <= o.warmup_ratio < 1.0:
+        err(f"optim.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
+    if o.lr < 0 or o.min_lr < 0 or o.min_lr > o.lr:
+        err(f"optim.lr={o.lr} and optim.min_lr={o.min_lr} must satisfy 0 <= min_lr <= lr")
+    for key in ("epochs", "save_interval", "keep_last"):
+        if getattr(t, key) < 1:
+            err(f"train.{key}={getattr(t, key)} must be >= 1")
+    if t.max_steps is not None and t.max_steps < 1:
+        err(f"train.max_steps={t.max_steps} must be >= 1 (or null to train for train.epochs)")
+    if d.max_seq_len is not None and not 1 <= d.max_seq_len <= t.seq_length:
+        err(f"data.max_seq_len={d.max_seq_len} must be between 1 and train.seq_length={t.seq_length} "
+            "(a conversation must fit one packed row): raise train.seq_length or lower data.max_seq_len")
+    if cfg.recipe.name == "sft" and t.micro_batch_size != 1:
+        err(f"train.micro_batch_size={t.micro_batch_size}: packed SFT micro-batches are one row of "
+            "train.seq_length tokens; set train.micro_batch_size=1 (raise train.seq_length to pack more)")

@@ -71,7 +71,7 @@ def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, overwrite: bool = False, t
     torch_dist checkpoint to `out_dir`. Run under torchrun for large models: each rank reads and
     holds only its own slices."""
     from tulu_mcore import runtime
-    from tulu_mcore.checkpoint.dist import save_model
+    from tulu_mcore.checkpoint.dist import save_checkpoint
     from tulu_mcore.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RunConfig, RuntimeConfig
     from tulu_mcore.dtypes import DTYPE_NAMES, TORCH_DTYPES
     from tulu_mcore.models.factory import build_model
@@ -90,7 +90,7 @@ def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, overwrite: bool = False, t
     rt = runtime.setup(cfg, training=False)
     chunks = build_model(hf.arch, rt.layout, cfg.precision, device=rt.device, attention="sdpa", init=False)
     load_hf_weights(chunks, hf)
-    return save_model(
+    return save_checkpoint(
         chunks, out, arch=hf.arch, dtype=TORCH_DTYPES[params_dtype], hf_config=hf.config,
         side_files=hf.side_files(), extra={"source": str(hf.path.resolve())}, release=True,
     )

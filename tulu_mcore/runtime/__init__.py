@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from tulu_mcore.config.schema import RunConfig
@@ -28,6 +29,8 @@ def setup(cfg: RunConfig, *, training: bool = True) -> Runtime:
     """Everything a rank does before building a model. Validates `cfg` for this world size first,
     so an impossible layout fails before any process group or model exists. `training=False`
     (conversion, verification) skips the checks of the `train` section."""
+    # megatron's TP overlap wants one CUDA work queue (set before any CUDA context exists)
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     device = resolve_device(cfg.runtime.device)
     env = detect_env()
     layout = validate(cfg, env.world_size, device=device, training=training)

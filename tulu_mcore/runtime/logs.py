@@ -14,6 +14,9 @@ _MESSAGES = (
     r"torch\.distributed is disabled, unavailable or uninitialized.*",
     r"The argument order of load has been changed.*",
     r"TypedStorage is deprecated.*",
+    r"MimoModelConfig is experimental.*",
+    # megatron's distributed optimizer reads .grad of its fp32 main-parameter views (harmless)
+    r"The \.grad attribute of a Tensor that is not a leaf Tensor is being accessed.*",
 )
 
 
@@ -31,8 +34,10 @@ def quiet_known_warnings() -> None:
     for pattern in _MESSAGES:
         warnings.filterwarnings("ignore", message=pattern)
     # logger filters see only records logged to that very logger: name the emitting modules
-    drop = _DropMessages(("MCore's async save is deprecated", "No CUDA runtime is found"))
-    for name in ("megatron.core.dist_checkpointing.strategies.torch", "torch.utils.cpp_extension"):
+    drop = _DropMessages(("MCore's async save is deprecated", "No CUDA runtime is found",
+                          "full_param_layout not provided"))
+    for name in ("megatron.core.dist_checkpointing.strategies.torch", "torch.utils.cpp_extension",
+                 "megatron.core.distributed.distributed_data_parallel"):
         logging.getLogger(name).addFilter(drop)
 
 

@@ -50,3 +50,46 @@ def build_optimizer(model, precision: PrecisionConfig, optim: OptimConfig):
         ),
         model,
     )
+
+
+def build_scheduler(optimizer, optim: OptimConfig, total_steps: int):
+    """Linear warmup from 0 over `warmup_ratio` of the steps, then linear / cosine decay to min_lr
+    at `total_steps` (or constant). The LR a step uses is the schedule's value at its index, as in
+    transformers' schedulers: with warmup the first update has LR 0.
+
+    On resume only the step count comes from the checkpoint: the schedule follows the current config,
+    so a finished run can be extended with a larger train.max_steps."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    warmup = int(optim.warmup_ratio * total_steps)  # open-instruct rounds down
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=optim.lr,
+        min_lr=optim.min_lr,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=max(total_steps, warmup + 1),
+        lr_decay_style=optim.lr_schedule,
+        start_wd=optim.weight_decay,
+        end_wd=optim.weight_decay,
+        wd_incr_steps=max(total_steps, 1),
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,
+    )
+
+
+def recompute_overrides(recompute: str) -> dict:
+    """TransformerConfig fields for train.recompute."""
+    if recompute == "selective":  # core attention: the activations that grow with sequence length
+        return {"recompute_granularity": "selective", "recompute_modules": ["core_attn"]}
+    if recompute == "full":  # every layer's input only; the rest recomputed in backward
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    return {}
+
+
+def current_lr(optimizer) -> float:
+    from megatron.core.optimizer_param_scheduler import get_canonical_lr_for_logging
+
+    lr = get_canonical_lr_for_logging(optimizer.param_groups)
+    return float(lr if lr is not None else optimizer.param_groups[0]["lr"])

@@ -1,10 +1,12 @@
-"""One optimizer step through megatron-core's pipeline schedules, and the language-model loss.
+"""One optimizer step through megatron-core's pipeline schedules, and the language-model losses.
 
-Loss normalisation: every micro-batch returns (sum of token losses, token count) and the config sets
-``calculate_per_token_loss``; megatron then divides the gradients by the token count summed over all
-micro-batches and all DP x CP ranks. The result is the exact mean over the global batch's trained
-tokens at any layout. A per-rank ``mean()`` would be wrong under CP (gradients CP x too large, which
-Adam and clipping hide) and under uneven masks.
+Loss normalisation: every micro-batch returns (sum of token losses, normaliser, report) and the model
+config sets ``calculate_per_token_loss``; megatron then divides the gradients by the normaliser summed
+over all micro-batches and all DP x CP ranks. With the normaliser = trained tokens that is the exact
+mean over the global batch's tokens (``token_mean``); with the normaliser = sequences it is Tülu 3's
+``sum`` loss (sum over tokens / sequences in the global batch). Either way the gradient does not
+depend on the layout or on how conversations were packed. A per-rank ``mean()`` would be wrong under
+CP (gradients CP x too large, hidden by Adam and clipping) and under uneven masks.
 """
 
 from __future__ import annotations
@@ -20,22 +22,31 @@ from tulu_mcore.models.context_parallel import split_for_cp
 
 @dataclass
 class StepResult:
-    loss: float  # mean loss per trained token over the global batch
+    loss: float  # the objective's value: per sequence (sum) or per trained token (token_mean)
+    token_mean_loss: float  # mean cross entropy per trained token, whatever the reduction
     num_tokens: int  # trained tokens in the global batch
+    num_seqs: int  # sequences in the global batch
     grad_norm: float  # before clipping
     skipped: bool  # the optimizer skipped the update (inf/nan gradients)
 
 
-def token_sum_loss(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Per-token losses [b, s] -> (masked sum, token count, report) for the schedule."""
+def lm_loss(loss_mask: torch.Tensor, num_seqs: int, reduction: str, output_tensor: torch.Tensor):
+    """Per-token losses -> (masked sum, normaliser, report) for the schedule.
+
+    `num_seqs` counts the sequences of this micro-batch; under CP every CP rank sees them all, so only
+    CP rank 0 reports them (the normaliser is summed over DP x CP)."""
+    from megatron.core import parallel_state as ps
+
     mask = loss_mask.to(output_tensor.device).float()
     total = (output_tensor.float() * mask).sum()
-    count = mask.sum()
-    return total, count.int(), {"lm": torch.stack([total.detach(), count])}
+    tokens = mask.sum()
+    seqs = torch.tensor(float(num_seqs if ps.get_context_parallel_rank() == 0 else 0), device=total.device)
+    normaliser = seqs if reduction == "sum" else tokens
+    return total, normaliser.int(), {"lm": torch.stack([total.detach(), tokens, seqs])}
 
 
-def lm_forward_step(data_iterator, model):
-    """Forward of one micro-batch {tokens, labels, loss_mask} ([b, s], the full sequence): this CP
+def lm_forward_step(data_iterator, model, reduction: str = "token_mean"):
+    """Forward of one padded micro-batch {tokens, labels, loss_mask} ([b, s], full sequences): this CP
     rank's slice goes through the model; labels give per-token cross entropy (vocab-parallel)."""
     from megatron.core import parallel_state as ps
 
@@ -45,26 +56,45 @@ def lm_forward_step(data_iterator, model):
     device = next(model.parameters()).device
     tokens, labels = local["tokens"].to(device), local["labels"].to(device)
     output = model(input_ids=tokens, position_ids=None, attention_mask=None, labels=labels)
-    return output, partial(token_sum_loss, local["loss_mask"])
+    return output, partial(lm_loss, local["loss_mask"], batch["tokens"].shape[0], reduction)
 
 
-def reduce_report(losses: list[dict], key: str = "lm") -> tuple[float, int]:
-    """Sum the (loss sum, token count) reports of this rank's micro-batches over the whole global
-    batch and bring the result to every rank (only last-stage TP rank 0 ranks contribute)."""
+def packed_forward_step(data_iterator, model, reduction: str = "sum"):
+    """Forward of one packed row (see tulu_mcore.data.packing): THD with per-document attention and
+    RoPE; the PackedSeqParams carry the global document boundaries on every CP rank."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    batch = next(data_iterator)
+    cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
+    device = next(model.parameters()).device
+    cu, cu_p = batch["cu_seqlens"].to(device), batch["cu_seqlens_padded"].to(device)
+    local = split_for_cp(batch, cp, cp_rank, cu_seqlens_padded=batch["cu_seqlens_padded"],
+                         keys=("tokens", "labels", "loss_mask"))
+    psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_p,
+                          cu_seqlens_kv_padded=cu_p, max_seqlen_q=batch["max_seqlen"],
+                          max_seqlen_kv=batch["max_seqlen"])
+    output = model(input_ids=local["tokens"].to(device), position_ids=None, attention_mask=None,
+                   labels=local["labels"].to(device), packed_seq_params=psp)
+    return output, partial(lm_loss, local["loss_mask"], batch["num_seqs"], reduction)
+
+
+def reduce_report(losses: list[dict], key: str = "lm") -> torch.Tensor:
+    """Sum this rank's micro-batch reports over the global batch and bring the sum to every rank
+    (only last-stage TP rank 0 ranks contribute, each for its own DP x CP slice)."""
     from megatron.core import parallel_state as ps
 
     device = "cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu"
-    acc = torch.zeros(2, dtype=torch.float64, device=device)
+    acc = torch.zeros(3, dtype=torch.float64, device=device)
     if ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0:
         for item in losses:
             acc += item[key].to(acc)
     dist.all_reduce(acc)
-    total, count = acc.tolist()
-    return (total / count if count else float("nan")), int(count)
+    return acc.cpu()
 
 
 def train_step(model, optimizer, microbatches: list[dict], *, seq_length: int, micro_batch_size: int,
-               forward_step=lm_forward_step) -> StepResult:
+               forward_step=lm_forward_step, reduction: str = "token_mean") -> StepResult:
     """Forward/backward over this rank's micro-batches, then one optimizer step."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -74,7 +104,7 @@ def train_step(model, optimizer, microbatches: list[dict], *, seq_length: int, m
     # interleaved schedules take one iterator per model chunk
     iterators = [iter(microbatches) for _ in model]
     losses = get_forward_backward_func()(
-        forward_step_func=forward_step,
+        forward_step_func=partial(forward_step, reduction=reduction),
         data_iterator=iterators if len(model) > 1 else iterators[0],
         model=model if len(model) > 1 else model[0],
         num_microbatches=len(microbatches),
@@ -83,5 +113,13 @@ def train_step(model, optimizer, microbatches: list[dict], *, seq_length: int, m
         forward_only=False,
     )
     ok, grad_norm, _ = optimizer.step()
-    loss, n = reduce_report(losses)
-    return StepResult(loss=loss, num_tokens=n, grad_norm=float(grad_norm or 0.0), skipped=not ok)
+    total, tokens, seqs = reduce_report(losses).tolist()
+    norm = seqs if reduction == "sum" else tokens
+    return StepResult(
+        loss=total / norm if norm else float("nan"),
+        token_mean_loss=total / tokens if tokens else float("nan"),
+        num_tokens=int(tokens),
+        num_seqs=int(seqs),
+        grad_norm=float(grad_norm or 0.0),
+        skipped=not ok,
+    )

@@ -1,0 +1,74 @@
+"""Saving and restoring megatron-core's optimizers when neither Apex nor Transformer Engine is present
+(torch AdamW inside): the workarounds megatron-core 0.19.2 needs on that path, in one place.
+
+* A torch optimizer has no state before its first step, but building the *loading* sharded state
+  dict reads it (and the distributed optimizer asserts a per-parameter ``step``): allocate it first.
+* The distributed optimizer's loader copies every tensor of the inner state, ``step`` included, which
+  the reshardable formats do not carry (KeyError), and copies into fp32 main parameters that are
+  views of leaves requiring grad (in-place error outside no_grad).
+* It then gives every parameter one shared ``step`` tensor; torch AdamW increments it once per
+  parameter per step, which breaks bias correction after a resume: un-share it.
+
+The restored ``step`` values come from the checkpoint's param groups.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}  # loads at any TP/PP/DP
+
+
+def _inner_optimizers(optimizer):
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        yield opt
+
+
+def _torch_path() -> bool:
+    from megatron.core.optimizer import distrib_optimizer
+
+    return not distrib_optimizer.HAVE_APEX_OR_TE
+
+
+def allocate_state(optimizer) -> None:
+    """Zero Adam state (and step 0) for every parameter that has none yet."""
+    if not _torch_path():
+        return
+    for opt in _inner_optimizers(optimizer):
+        inner = opt.optimizer
+        for group in inner.param_groups:
+            for p in group["params"]:
+                st = inner.state[p]
+                if not st:
+                    st["step"] = torch.tensor(0.0)
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+
+
+def patch_loader() -> None:
+    """Install the loader fix on DistributedOptimizer (once)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    if getattr(DistributedOptimizer, "_tulu_patched", False) or not _torch_path():
+        return
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_states(self, model_param, tensors):
+        gi, go = self.model_param_group_index_map[model_param]
+        st = self.optimizer.state[self.optimizer.param_groups[gi]["params"][go]]
+        if "step" in st:  # never take 'step' from the per-parameter payload
+            tensors = dict(tensors, step=None)
+        with torch.no_grad():
+            return original(self, model_param, tensors)
+
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states
+    DistributedOptimizer._tulu_patched = True
+
+
+def unshare_steps(optimizer) -> None:
+    if not _torch_path():
+        return
+    for opt in _inner_optimizers(optimizer):
+        for st in opt.optimizer.state.values():
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].clone()

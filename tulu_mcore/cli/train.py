@@ -1,0 +1,75 @@
+"""``tulu-train``: run a recipe with Hydra-style overrides.
+
+    tulu-train recipe=sft model=tiny run.dir=runs/demo train.max_steps=20
+    torchrun --nproc-per-node 8 -m tulu_mcore.cli.train experiment=tulu3_8b_sft run.dir=/ckpt/sft8b
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tulu_mcore.errors import UserError, cli_errors
+
+USAGE = """\
+usage: tulu-train [--print-config] KEY=VALUE | GROUP=OPTION ...
+
+Runs a training recipe on this process's ranks (start several with torchrun or srun). The config is
+composed from conf/ (a link to tulu_mcore/conf) and the overrides; impossible layouts are reported
+before anything starts. Rerunning the same command with the same run.dir resumes from its latest
+checkpoint; SIGTERM or SIGUSR1 saves a checkpoint and exits.
+
+config groups (GROUP=OPTION):
+{groups}
+frequently used keys:
+  recipe=sft                     the recipe (sft)
+  model.init=PATH|HUB_NAME       start from an HF directory, a tulu-convert checkpoint or an earlier run
+  model.tokenizer=PATH|HUB_NAME  tokenizer (default: the one of model.init; built-in for model=tiny)
+  data.train=PATH|HUB_NAME       conversations (.jsonl/.json/.parquet, hub dataset, builtin:sft-demo)
+  parallel.tp/pp/vpp/cp=N, parallel.sp=true    the parallel layout (data parallel = the rest)
+  train.global_batch_size=N      conversations per optimizer step
+  train.seq_length=N             tokens per packed row;  train.max_steps=N  (default: train.epochs)
+  optim.lr=X  loss.reduction=sum|token_mean  precision=bf16  run.dir=DIR
+  --print-config                 print the composed config and exit
+
+Every key and its meaning: tulu_mcore/config/schema.py and conf/config.yaml.
+"""
+
+
+def _groups() -> str:
+    from tulu_mcore.config.compose import CONF_DIR
+
+    lines = []
+    for d in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        options = sorted(f.stem for f in d.glob("*.yaml"))
+        lines.append(f"  {d.name + ':':<12} {', '.join(options)}")
+    return "\n".join(lines) + "\n"
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE.format(groups=_groups()))
+        return
+    from tulu_mcore.config.compose import compose, to_yaml
+    from tulu_mcore.runtime.logs import quiet_known_warnings
+
+    quiet_known_warnings()
+    overrides = [a for a in argv if a != "--print-config"]
+    bad = [a for a in overrides if a.startswith("-")]
+    if bad:
+        raise UserError(f"unknown option {bad[0]}: tulu-train takes KEY=VALUE overrides (see --help)")
+    cfg = compose(overrides)
+    if "--print-config" in argv:
+        print(to_yaml(cfg))
+        return
+    if cfg.recipe.name == "sft":
+        from tulu_mcore.algorithms import sft
+
+        sft.run(cfg)
+    else:
+        raise UserError(f"recipe={cfg.recipe.name}: choose a recipe to train, e.g. recipe=sft")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Generate the built-in demo data and the tiny tokenizer (deterministic; their outputs are committed).
+
+    python -m tulu_mcore.data.builtin.make_builtin [--out DIR]
+
+* ``sft_demo.jsonl``: conversations written here, not taken from anywhere: arithmetic word problems
+  with exact answers (some multi-turn, some with a system message) and instructions whose answers can
+  be checked mechanically (repeat, reverse, count, upper-case, list).
+* ``tiny_tokenizer/``: a byte-level BPE with 512 entries trained on that data (the `tiny` model's
+  vocabulary), with ``<|begin_of_text|>`` / ``<|end_of_text|>`` like the Llama 3 tokenizer. The Tülu
+  role markers stay plain text, as in the recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAMES = ["Mia", "Noah", "Ava", "Liam", "Zoe", "Omar", "Lena", "Ravi", "Ines", "Kofi", "Yuki", "Sara"]
+ITEMS = ["apples", "books", "stickers", "marbles", "coins", "pencils", "shells", "cards", "stamps", "eggs"]
+WORDS = ["river", "cloud", "lemon", "piano", "tiger", "maple", "orbit", "candle", "silver", "garden"]
+SYSTEMS = ["You are a helpful assistant.", "You are a careful math tutor. Show the calculation.",
+           "Answer briefly and exactly."]
+
+
+def arithmetic(rng: random.Random) -> dict:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b = rng.randint(2, 40), rng.randint(2, 30)
+    kind = rng.choice(["add", "sub", "mul"])
+    if kind == "add":
+        q = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
+        ans, expr = a + b, f"{a} + {b}"
+    elif kind == "sub":
+        a = a + b
+        q = f"{name} has {a} {item} and gives away {b}. How many {item} are left?"
+        ans, expr = a - b, f"{a} - {b}"
+    else:
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        q = f"There are {a} boxes with {b} {item} in each box. How many {item} are there in total?"
+        ans, expr = a * b, f"{a} * {b}"
+    messages = [{"role": "user", "content": q},
+                {"role": "assistant", "content": f"{expr} = {ans}. The answer is {ans}."}]
+    if rng.random() < 0.3:  # a follow-up turn: the first assistant turn is then not the last
+        c = rng.randint(1, 9)
+        messages += [{"role": "user", "content": f"And if {name} then gets {c} more?"},
+                     {"role": "assistant", "content": f"{ans} + {c} = {ans + c}. The answer is {ans + c}."}]
+    if rng.random() < 0.3:
+        messages.insert(0, {"role": "system", "content": rng.choice(SYSTEMS)})
+    return {"messages": messages}
+
+
+def instruction(rng: random.Random) -> dict:
+    w = rng.choice(WORDS)
+    n = rng.randint(2, 5)
+    kind = rng.choice(["repeat", "reverse", "upper", "count", "list"])
+    if kind == "repeat":
+        q, a = f"Write the word '{w}' {n} times, separated by commas.", ", ".join([w] * n)
+    elif kind == "reverse":
+        q, a = f"Spell the word '{w}' backwards.", w[::-1]
+    elif kind == "upper":
+        q, a = f"Write '{w}' in capital letters and nothing else.", w.upper()
+    elif kind == "count":
+        q, a = f"How many letters are in the word '{w}'?", f"The word '{w}' has {len(w)} letters."
+    else:
+        q, a = f"List the first {n} even numbers.", ", ".join(str(2 * i) for i in range(1, n + 1))
+    messages = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    if rng.random() < 0.2:
+        messages.insert(0, {"role": "system", "content": rng.choice(SYSTEMS)})
+    return {"messages": messages}
+
+
+def demo_conversations(n: int = 480, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [arithmetic(rng) if rng.random() < 0.6 else instruction(rng) for _ in range(n)]
+
+
+def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 512) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
+                                   eos_token="<|end_of_text|>", model_max_length=131072)
+    fast.save_pretrained(out)
+    # name the class transformers 4 and 5 both know (5 would write its own "TokenizersBackend")
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(HERE))
+    args = ap.parse_args()
+    out = Path(args.out)
+    convs = demo_conversations()
+    with open(out / "sft_demo.jsonl", "w") as f:
+        for c in convs:
+            f.write(json.dumps(c) + "\n")
+    markers = "<|system|>\n<|user|>\n<|assistant|>\n"
+    texts = [markers + "\n".join(m["content"] for m in c["messages"]) for c in convs]
+    train_tokenizer(texts, out / "tiny_tokenizer")
+
+
+if __name__ == "__main__":
+    main()
