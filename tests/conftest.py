@@ -82,3 +82,43 @@ def tiny_ckpt(tmp_path_factory, tiny_hf) -> dict[str, Path]:
         convert("hf-to-mcore", hf, root / name)
         out[name] = root / name
     return out
+
+
+@pytest.fixture(scope="session")
+def sft_hf(tmp_path_factory, tiny_hf) -> Path:
+    """The tiny untied HF Llama with the built-in tiny tokenizer beside it (a complete HF directory)."""
+    import shutil
+
+    from tulu_mcore.data.sources import TINY_TOKENIZER
+
+    d = tmp_path_factory.mktemp("sft") / "hf"
+    shutil.copytree(tiny_hf["untied"], d)
+    for f in TINY_TOKENIZER.iterdir():
+        shutil.copy2(f, d / f.name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tokenized")
+
+
+def train(args: list[str], nproc: int = 1, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """tulu-train with `args` on `nproc` ranks (torchrun when more than one)."""
+    from tulu_mcore.runtime.launch import torchrun
+
+    args = [str(a) for a in args]
+    if nproc > 1:
+        proc = torchrun("tulu_mcore.cli.train", args, nproc=nproc, capture=True, timeout=timeout)
+    else:
+        proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.train", *args], capture_output=True,
+                              text=True, cwd=ROOT, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tulu-train {args} ({nproc} ranks) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    from tulu_mcore.metrics.logger import read_metrics
+
+    return read_metrics(run_dir)

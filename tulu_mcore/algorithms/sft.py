@@ -104,6 +104,9 @@ def run(cfg: RunConfig) -> dict:
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        if init.kind != "none" and cfg.optim.lr > 1e-4:
+            log0(f"warning: optim.lr={cfg.optim.lr:g} is the tiny demo's; pretrained Llamas use ~1e-6..1e-5 "
+                 "(the Tülu 3 numbers: experiment=tulu3_8b_sft / tulu3_70b_sft / tulu3_405b_sft)")
     if start >= total_steps:
         log0(f"already trained {start} of {total_steps} steps; raise train.max_steps to continue")
 

@@ -84,10 +84,10 @@ def build(specs: list[SourceSpec], tokenizer, out: Path, *, key: str, max_seq_le
                         raise UserError(f"{msg} (set data.truncate=true to cut it, or data.on_error=skip)")
                     skipped["longer than max_seq_len"] += 1
                     continue
-                truncated += 1
             if not enc.trained[1:].any():  # the first token is never a target
                 skipped["no trained token left after truncation"] += 1
                 continue
+            truncated += enc.truncated  # kept, but cut at max_seq_len
             tokens.append(enc.input_ids)
             trained.append(enc.trained)
             lengths.append(len(enc.input_ids))

@@ -1,0 +1,217 @@
+"""SFT end to end through `tulu-train`: parity with transformers, packing, layout equivalence, exact
+resume after SIGKILL, stop on SIGTERM, bad data, extending a finished run."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import torch
+
+from tests.conftest import metrics, read_json, run_worker, train
+from tulu_mcore.runtime.launch import torchrun_cmd
+
+CONVERSATION = {"messages": [
+    {"role": "system", "content": "You are a careful math tutor. Show the calculation."},
+    {"role": "user", "content": "Zoe has 24 cards and gets 20 more. How many cards does Zoe have now?"},
+    {"role": "assistant", "content": "24 + 20 = 44. The answer is 44."},
+    {"role": "user", "content": "And if Zoe then gets 3 more?"},
+    {"role": "assistant", "content": "44 + 3 = 47. The answer is 47."},
+]}
+
+
+def sft_args(run_dir, cache, *extra):
+    return ["recipe=sft", f"run.dir={run_dir}", f"data.cache_dir={cache}", "runtime.device=cpu",
+            "metrics.progress=false", *extra]
+
+
+def reference_sum_ce(hf_dir, messages) -> float:
+    """transformers' summed cross entropy over the trained tokens; the text and labels are built here
+    with open-instruct's prefix re-tokenization, independently of tulu_mcore's template code."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    eos = tok.eos_token
+
+    def render(ms, gen=False):
+        out = ""
+        for i, m in enumerate(ms):
+            if m["role"] == "assistant":
+                out += f"<|assistant|>\n{m['content']}{eos}" + ("\n" if i < len(ms) - 1 else "")
+            else:
+                out += f"<|{m['role']}|>\n{m['content']}\n"
+        return out + ("<|assistant|>\n" if gen else "")
+
+    def n_tokens(text):
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    ids = tok(render(messages), add_special_tokens=False)["input_ids"]
+    labels = list(ids)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            gen = i + 1 < len(messages) and messages[i + 1]["role"] == "assistant"
+            a, b = n_tokens(render(messages[:i])) if i else 0, n_tokens(render(messages[: i + 1], gen))
+            labels[a:b] = [-100] * (b - a)
+    model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1]
+    target = torch.tensor(labels[1:])
+    return torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_first_step_loss_equals_transformers(sft_hf, data_cache, tmp_path, tp):
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps(CONVERSATION) + "\n")
+    run = tmp_path / "run"
+    train(sft_args(run, data_cache, f"model.init={sft_hf}", f"model.tokenizer={sft_hf}", f"data.train={data}",
+                   "train.global_batch_size=1", "train.max_steps=1", "optim.lr=0", "loss.reduction=sum",
+                   "data.shuffle=false", f"parallel.tp={tp}", "train.export_hf=false"), nproc=tp)
+    [step1] = metrics(run)
+    ref = reference_sum_ce(sft_hf, CONVERSATION["messages"])
+    assert step1["sequences"] == 1 and step1["trained_tokens"] > 20
+    assert abs(step1["loss"] - ref) <= 1e-5 * abs(ref), (step1["loss"], ref)
+
+
+@pytest.mark.parametrize("layout,nproc", [("dp", 1), ("cp2", 2), ("tp2_sp", 2)])
+def test_packed_loss_equals_unpacked(tiny_ckpt, data_cache, tmp_path, layout, nproc):
+    out = tmp_path / "pvu.json"
+    run_worker("packed_vs_unpacked.py", [tiny_ckpt["untied"], out, f"parallel={layout}",
+                                         f"data.cache_dir={data_cache}"], nproc=nproc)
+    got = read_json(out)
+    assert got["packed"][1] == got["unpacked"][1] > 100  # the same trained tokens
+    assert abs(got["packed"][0] - got["unpacked"][0]) <= 1e-6 * abs(got["unpacked"][0]), got
+
+
+EQUIV = ["train.global_batch_size=8", "train.seq_length=128", "optim.lr=1e-3", "train.max_steps=3",
+         "optim.warmup_ratio=0", "train.export_hf=false"]
+
+
+@pytest.fixture(scope="module")
+def single_rank_run(sft_hf, data_cache, tmp_path_factory):
+    run = tmp_path_factory.mktemp("sft-ref") / "run"
+    train(sft_args(run, data_cache, f"model.init={sft_hf}", *EQUIV))
+    return metrics(run)
+
+
+def test_single_rank_reference_learns(single_rank_run):
+    assert [r["step"] for r in single_rank_run] == [1, 2, 3]
+    assert single_rank_run[2]["loss"] < single_rank_run[0]["loss"]
+    assert all(0.5 < r["packing_efficiency"] <= 1.0 for r in single_rank_run)
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "dp", "tp2_sp", "cp2", "pp2_vpp2"])
+def test_layouts_reproduce_single_rank(single_rank_run, sft_hf, data_cache, tmp_path, layout):
+    run = tmp_path / "run"
+    train(sft_args(run, data_cache, f"model.init={sft_hf}", f"parallel={layout}", *EQUIV), nproc=2)
+    got = metrics(run)
+    for ref, g in zip(single_rank_run, got):
+        assert g["trained_tokens"] == ref["trained_tokens"] and g["sequences"] == ref["sequences"] == 8
+        assert abs(g["loss"] - ref["loss"]) <= 1e-5 * abs(ref["loss"]), (layout, g["step"], g["loss"], ref["loss"])
+        assert abs(g["grad_norm"] - ref["grad_norm"]) <= 1e-5 * abs(ref["grad_norm"])
+
+
+def _start(args, nproc):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.Popen(torchrun_cmd("tulu_mcore.cli.train", [str(a) for a in args], nproc),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def _wait_for(predicate, proc, timeout=180):
+    t0 = time.time()
+    while not predicate():
+        assert proc.poll() is None, f"training ended early:\n{proc.communicate()[1][-4000:]}"
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+def test_resume_after_sigkill_is_exact(sft_hf, data_cache, tmp_path, layout):
+    common = [f"model.init={sft_hf}", f"parallel={layout}", "train.global_batch_size=8", "train.seq_length=128",
+              "optim.lr=1e-3", "train.max_steps=6", "train.save_interval=3", "train.export_hf=false"]
+    straight = tmp_path / "straight"
+    train(sft_args(straight, data_cache, *common), nproc=2)
+    run = tmp_path / "killed"
+    proc = _start(sft_args(run, data_cache, *common), 2)
+    marker = run / "checkpoints" / "latest"
+    _wait_for(lambda: marker.is_file() and marker.read_text().strip() == "step_00000003", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    train(sft_args(run, data_cache, *common), nproc=2)  # the same command again
+    a, b = metrics(straight), metrics(run)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= 1e-6 * abs(x["loss"]), (x["step"], x["loss"], y["loss"])
+        assert x["lr"] == y["lr"]
+
+
+def test_sigterm_on_one_rank_saves_and_stops_all(data_cache, tmp_path):
+    run = tmp_path / "run"
+    args = sft_args(run, data_cache, "parallel=dp", "train.max_steps=400", "train.save_interval=1000",
+                    "train.global_batch_size=8", "train.seq_length=128", "train.export_hf=false")
+    proc = _start(args, 2)
+    _wait_for(lambda: len(metrics(run)) >= 2 if (run / "metrics.jsonl").is_file() else False, proc)
+    workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "python" in c.name()]
+    workers[-1].send_signal(signal.SIGTERM)  # like a Slurm signal that reached one task first
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-4000:]
+    stopped_at = metrics(run)[-1]["step"]
+    assert 2 <= stopped_at < 400
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stopped_at:08d}"
+    assert "stopping on" in out and "rerun the same command to resume" in out
+    resumed = train(args[:-4] + ["train.max_steps=" + str(stopped_at + 2), "train.global_batch_size=8",
+                                 "train.seq_length=128", "train.export_hf=false"], nproc=2)
+    assert f"resumed from {run / 'checkpoints' / f'step_{stopped_at:08d}'}" in resumed.stdout
+    assert [r["step"] for r in metrics(run)] == list(range(1, stopped_at + 3))
+
+
+def test_bad_data_strict_and_skip(data_cache, tmp_path):
+    good = [json.dumps(CONVERSATION)] * 12
+    bad = [
+        "{this is not json",
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "wizard", "content": "x"}]}),
+        json.dumps({"messages": []}),
+        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}),
+        json.dumps({"messages": [{"role": "user", "content": "count"},
+                                 {"role": "assistant", "content": " ".join(["river"] * 200)}]}),
+    ]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(good[:3] + bad + good[3:]) + "\n")
+    base = sft_args(tmp_path / "run", data_cache, f"data.train={data}", "train.max_steps=1",
+                    "train.global_batch_size=4", "train.seq_length=128", "data.truncate=false",
+                    "train.export_hf=false")
+    strict = train(base, check=False)
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    assert f"{data}:4: not valid JSON" in strict.stderr and "data.on_error=skip" in strict.stderr
+    skip = train(base + ["data.on_error=skip"])
+    summary = next(line for line in skip.stdout.splitlines() if "data:" in line)
+    assert "12 examples (17 read" in summary
+    for reason in ("1 invalid JSON", "1 unknown role", "1 empty messages", "1 turns out of order",
+                   "1 longer than max_seq_len"):
+        assert reason in summary, summary
+
+
+def test_extending_a_finished_run(data_cache, tmp_path):
+    run = tmp_path / "run"
+    args = sft_args(run, data_cache, "model=tiny")
+    train(args + ["train.max_steps=8"], nproc=2)
+    assert [r["step"] for r in metrics(run)] == list(range(1, 9))
+    assert (run / "hf" / "model.safetensors.index.json").is_file()
+    again = train(args + ["train.max_steps=12"], nproc=2)
+    assert "resumed from" in again.stdout
+    records = metrics(run)
+    assert [r["step"] for r in records] == list(range(1, 13))  # each step once
+    losses = [r["loss"] for r in records]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    for r in records:
+        assert r["tokens_per_s"] > 0 and r["tflops_per_gpu"] > 0 and r["mfu"] is None  # no peak on CPU
+    # the export of the final checkpoint loads in transformers
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(run / "hf")
+    assert model.config.vocab_size == 512
