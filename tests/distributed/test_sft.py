@@ -100,7 +100,8 @@ def single_rank_run(sft_hf, data_cache, tmp_path_factory):
 def test_single_rank_reference_learns(single_rank_run):
     assert [r["step"] for r in single_rank_run] == [1, 2, 3]
     assert single_rank_run[2]["loss"] < single_rank_run[0]["loss"]
-    assert all(0.5 < r["packing_efficiency"] <= 1.0 for r in single_rank_run)
+    # one rank, no CP or SP: rows end where their last conversation ends, so nothing is padding
+    assert all(r["packing_efficiency"] == 1.0 for r in single_rank_run)
 
 
 @pytest.mark.parametrize("layout", ["tp2", "pp2", "dp", "tp2_sp", "cp2", "pp2_vpp2"])

@@ -122,3 +122,17 @@ def test_type_errors_name_the_key():
         compose(["model=nonexistent"])
     with pytest.raises(UserError, match="unknown model preset"):
         model_preset("nonexistent")
+
+
+@pytest.mark.parametrize("experiment,gpus,lr,batch", [("tulu3_8b_sft", 8, 5e-6, 128), ("tulu3_70b_sft", 64, 2e-6, 128),
+                                                      ("tulu3_405b_sft", 256, 2e-6, 256)])
+def test_golden_sft_experiments(experiment, gpus, lr, batch):
+    cfg = compose([f"experiment={experiment}"])
+    # the Tülu 3 numbers
+    assert (cfg.optim.lr, cfg.train.global_batch_size, cfg.train.epochs) == (lr, batch, 2)
+    assert (cfg.train.seq_length, cfg.optim.lr_schedule, cfg.optim.warmup_ratio) == (4096, "linear", 0.03)
+    assert (cfg.loss.reduction, cfg.optim.weight_decay, cfg.precision.params_dtype) == ("sum", 0.0, "bf16")
+    assert cfg.data.train == "allenai/tulu-3-sft-mixture" and cfg.model.init.startswith("meta-llama/Llama-3.1-")
+    # the layout each is sized for is valid on its stated GPU count
+    lay = validate(cfg, gpus, device="cuda", have_te=True)
+    assert lay.world_size == gpus and lay.dp >= 1

@@ -228,7 +228,7 @@ def test_best_fit_places_everything_within_capacity():
 def test_pack_rows_labels_and_boundaries():
     a = (np.array([10, 11, 12, 13]), np.array([0, 0, 1, 1], dtype=bool))
     b = (np.array([20, 21, 22]), np.array([0, 1, 1], dtype=bool))
-    rows = pack([a, b], 12, multiple=4, pad_id=0)
+    rows = pack([a, b], 12, multiple=4, pad_id=0, trim=False)
     assert len(rows) == 1
     r = rows[0]
     # the longer document first; each padded to a multiple of 4; the tail padding belongs to the last
@@ -239,8 +239,12 @@ def test_pack_rows_labels_and_boundaries():
     assert r.loss_mask[0].tolist() == [0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0]
     assert (r.num_seqs, r.real_tokens, r.seq_lens) == (2, 7, [4, 3])
     assert efficiency(rows) == pytest.approx(7 / 12)
+    # trimmed (the default): the row ends where its last document's padding to the multiple ends
+    [t] = pack([a, b], 12, multiple=4, pad_id=0)
+    assert t.tokens.shape == (1, 8) and t.cu_seqlens_padded.tolist() == [0, 4, 8]
     padded = pack([a, b], 8, multiple=1, pad_id=0, rows_multiple=4)
     assert len(padded) == 4 and padded[-1].num_seqs == 0 and padded[-1].loss_mask.sum() == 0
+    assert [r.tokens.shape[1] for r in padded] == [7, 1, 1, 1]
 
 
 def test_step_batches_are_a_function_of_the_step(tok, tmp_path):

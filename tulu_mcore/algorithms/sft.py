@@ -42,6 +42,21 @@ from tulu_mcore.training.state import StopRequest, rng_state, set_rng_state
 from tulu_mcore.training.step import packed_forward_step, train_step
 
 
+def trim_rows(layout) -> bool:
+    """Rows as long as their content (no padding to train.seq_length), except with interleaved
+    pipelining: there megatron-core's exchange of activation shapes between stages crashed (gloo, PP=2
+    with VPP), so rows keep the fixed length the schedule then expects."""
+    return layout.vpp == 1
+
+
+def variable_lengths(layout) -> dict:
+    """Pipeline stages exchange each activation's shape first when rows vary in length (megatron-core
+    checks the MoE dispatcher even for dense models: name one that allows it)."""
+    if layout.pp > 1 and trim_rows(layout):
+        return {"variable_seq_lengths": True, "moe_token_dispatcher_type": "alltoall"}
+    return {}
+
+
 def log0(msg: str) -> None:
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(f"[sft] {msg}", flush=True)
@@ -78,7 +93,8 @@ def run(cfg: RunConfig) -> dict:
     # ---------------------------------------------------------------- model and optimizer
     chunks = build_model(
         arch, lay, cfg.precision, device=rt.device, attention=cfg.model.attention, init=init.kind == "none",
-        config_overrides={"calculate_per_token_loss": True, **recompute_overrides(cfg.train.recompute)},
+        config_overrides={"calculate_per_token_loss": True, **variable_lengths(lay),
+                          **recompute_overrides(cfg.train.recompute)},
     )
     load_init_weights(chunks, init)
     model = wrap_for_training(chunks, cfg.precision, cfg.optim)
@@ -123,18 +139,18 @@ def run(cfg: RunConfig) -> dict:
     while step < total_steps:
         t0 = time.time()
         rows = batches.rows(step, dp_rank=dp_rank, dp_size=dp_size, capacity=cfg.train.seq_length,
-                            multiple=multiple, pad_id=pad_id, rows_multiple=rows_multiple)
+                            multiple=multiple, pad_id=pad_id, rows_multiple=rows_multiple, trim=trim_rows(lay))
         lr = current_lr(optimizer)
         result = train_step(model, optimizer, [r.as_batch() for r in rows], seq_length=cfg.train.seq_length,
                             micro_batch_size=1, forward_step=packed_forward_step, reduction=cfg.loss.reduction)
         scheduler.step(1)
         step += 1
         # whole-batch counts: every DP rank packed its own share
-        counts = torch.tensor([sum(r.real_tokens for r in rows), len(rows),
+        counts = torch.tensor([sum(r.real_tokens for r in rows), len(rows), sum(r.tokens.shape[1] for r in rows),
                                training_flops(arch, [n for r in rows for n in r.seq_lens])], dtype=torch.float64,
                               device=device)
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
-        real_tokens, n_rows, flops = counts.tolist()
+        real_tokens, n_rows, row_tokens, flops = counts.tolist()
         dt = time.time() - t0
         tflops = flops / dt / dist.get_world_size() / 1e12
         metrics.log({
@@ -147,7 +163,7 @@ def run(cfg: RunConfig) -> dict:
             "trained_tokens": result.num_tokens,
             "sequences": result.num_seqs,
             "microbatches": int(n_rows) // dp_size,
-            "packing_efficiency": real_tokens / (n_rows * cfg.train.seq_length),
+            "packing_efficiency": real_tokens / row_tokens,
             "step_time_s": dt,
             "tokens_per_s": real_tokens / dt,
             "tflops_per_gpu": tflops,

@@ -60,7 +60,7 @@ class StepBatches:
         return self._permutation(c.epoch)[c.index_in_epoch:c.index_in_epoch + self.global_batch]
 
     def rows(self, step: int, *, dp_rank: int, dp_size: int, capacity: int, multiple: int, pad_id: int,
-             rows_multiple: int = 1) -> list[PackedRow]:
+             rows_multiple: int = 1, trim: bool = True) -> list[PackedRow]:
         mine = self.global_indices(step)[dp_rank::dp_size]
         return pack([self.data.example(int(i)) for i in mine], capacity, multiple=multiple, pad_id=pad_id,
-                    rows_multiple=rows_multiple)
+                    rows_multiple=rows_multiple, trim=trim)

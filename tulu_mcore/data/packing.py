@@ -1,10 +1,14 @@
 """Best-fit packing of tokenized conversations into THD micro-batches.
 
-A micro-batch is one row of exactly `capacity` tokens holding several documents; attention is
+A micro-batch is one row of at most `capacity` tokens holding several documents; attention is
 block-diagonal per document (``PackedSeqParams`` with ``cu_seqlens``), RoPE positions restart in each
 document, and the loss at position j predicts token j+1 of the same document only. Documents are
 padded to a multiple of `multiple` (2*CP for context parallelism, and TP under sequence parallelism);
 the row's tail padding belongs to its last document. Padding has loss weight 0.
+
+Rows are as long as their documents (`trim`, the default): the capacity bounds memory, and the only
+padding is the rounding to `multiple`, so packing wastes almost nothing however few conversations a
+rank packs per step. Variable row lengths need ``variable_seq_lengths`` under pipeline parallelism.
 """
 
 from __future__ import annotations
@@ -59,10 +63,11 @@ class PackedRow:
 
 
 def pack(examples: list[tuple[np.ndarray, np.ndarray]], capacity: int, *, multiple: int = 1, pad_id: int = 0,
-         min_rows: int = 1, rows_multiple: int = 1) -> list[PackedRow]:
-    """Pack (input_ids, trained) pairs into rows of `capacity` tokens. Empty rows (all padding, zero
-    loss) are added to reach at least `min_rows` and a multiple of `rows_multiple` (the interleaved
-    pipeline schedule needs a multiple of PP micro-batches)."""
+         min_rows: int = 1, rows_multiple: int = 1, trim: bool = True) -> list[PackedRow]:
+    """Pack (input_ids, trained) pairs into rows of at most `capacity` tokens (exactly `capacity` with
+    `trim=False`). Rows of padding only (zero loss) are added to reach at least `min_rows` and a
+    multiple of `rows_multiple` (the interleaved pipeline schedule needs a multiple of PP
+    micro-batches)."""
     if capacity % multiple:
         raise ValueError(f"row capacity {capacity} is not a multiple of {multiple}")
     padded = [round_up(len(ids), multiple) for ids, _ in examples]
@@ -70,7 +75,11 @@ def pack(examples: list[tuple[np.ndarray, np.ndarray]], capacity: int, *, multip
     n_rows = max(len(bins), min_rows)
     n_rows = round_up(n_rows, rows_multiple)
     bins += [[] for _ in range(n_rows - len(bins))]
-    return [_row([examples[i] for i in b], [padded[i] for i in b], capacity, pad_id) for b in bins]
+    rows = []
+    for b in bins:
+        length = round_up(max(sum(padded[i] for i in b), 1), multiple) if trim else capacity
+        rows.append(_row([examples[i] for i in b], [padded[i] for i in b], length, pad_id))
+    return rows
 
 
 def _row(docs, padded, capacity: int, pad_id: int) -> PackedRow:
