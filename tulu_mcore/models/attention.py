@@ -95,6 +95,8 @@ class LocalCoreAttention(MegatronModule):
             cu_q = psp.cu_seqlens_q_padded if psp.cu_seqlens_q_padded is not None else psp.cu_seqlens_q
             cu_kv = psp.cu_seqlens_kv_padded if psp.cu_seqlens_kv_padded is not None else psp.cu_seqlens_kv
             t = query.size(0)
+            if cp == 1 and self.impl == "sdpa" and attention_mask is None and causal:
+                return self._per_document(query, key, value, cu_q)
             if cp > 1:
                 key, value = self._gather_kv(key), self._gather_kv(value)
             qpos = local_positions(t * cp, cp, rank, cu_q, device=query.device)
@@ -136,6 +138,16 @@ class LocalCoreAttention(MegatronModule):
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, h, s, d]
         out = self._attend(q, k, v, allowed, is_causal)
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)  # [sq, b, hq*d]
+
+    def _per_document(self, query, key, value, cu_seqlens):
+        """Packed rows without CP: each document's causal attention on its own slice, so SDPA can use
+        its fused causal kernels instead of a dense [t, t] mask (most of it masked out)."""
+        bounds = cu_seqlens.tolist()
+        outs = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            q, k, v = (x[a:b].transpose(0, 1).unsqueeze(0) for x in (query, key, value))  # [1, h, n, d]
+            outs.append(self._attend(q, k, v, None, True).squeeze(0).transpose(0, 1))
+        return torch.cat(outs).reshape(query.size(0), -1)
 
     # -------------------------------------------------------------------------------- CP helpers
     def _gather_kv(self, x):
