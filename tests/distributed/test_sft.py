@@ -216,3 +216,27 @@ def test_extending_a_finished_run(data_cache, tmp_path):
 
     model = LlamaForCausalLM.from_pretrained(run / "hf")
     assert model.config.vocab_size == 512
+
+
+@pytest.mark.parametrize("recompute", ["selective", "full"])
+def test_activation_recompute_changes_nothing(single_rank_run, sft_hf, data_cache, tmp_path, recompute):
+    run = tmp_path / "run"
+    train(sft_args(run, data_cache, f"model.init={sft_hf}", f"train.recompute={recompute}", *EQUIV))
+    for ref, g in zip(single_rank_run, metrics(run)):
+        assert abs(g["loss"] - ref["loss"]) <= 1e-5 * abs(ref["loss"])
+        assert abs(g["grad_norm"] - ref["grad_norm"]) <= 1e-5 * abs(ref["grad_norm"])
+
+
+def test_bf16_with_fp32_main_weights_tracks_fp32(sft_hf, data_cache, tmp_path):
+    common = [f"model.init={sft_hf}", "train.global_batch_size=8", "train.seq_length=128", "optim.lr=1e-3",
+              "train.max_steps=4", "optim.warmup_ratio=0"]
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = tmp_path / precision
+        train(sft_args(runs[precision], data_cache, f"precision={precision}", *common), nproc=2)
+    fp32, bf16 = metrics(runs["fp32"]), metrics(runs["bf16"])
+    assert len(bf16) == 4 and not any(r["skipped"] for r in bf16)
+    for a, b in zip(fp32, bf16):  # the same batches: bf16 rounding only
+        assert abs(a["loss"] - b["loss"]) <= 2e-2 * abs(a["loss"]), (a["step"], a["loss"], b["loss"])
+    exported = json.loads((runs["bf16"] / "hf" / "config.json").read_text())
+    assert exported.get("torch_dtype", exported.get("dtype")) == "bfloat16"  # exported in the training dtype
