@@ -122,3 +122,32 @@ def metrics(run_dir: Path) -> list[dict]:
     from tulu_mcore.metrics.logger import read_metrics
 
     return read_metrics(run_dir)
+
+
+def open_instruct_labels(tok, messages) -> tuple[list[int], list[int]]:
+    """The reference for the Tülu template and labels, written out independently of tulu_mcore: render
+    the "tulu" template, then mask every non-assistant span found by re-tokenizing conversation
+    prefixes (open-instruct's encode_sft_example)."""
+    eos = tok.eos_token
+
+    def render(ms, gen=False):
+        out = ""
+        for i, m in enumerate(ms):
+            if m["role"] == "assistant":
+                out += f"<|assistant|>\n{m['content']}{eos}" + ("\n" if i < len(ms) - 1 else "")
+            else:
+                out += f"<|{m['role']}|>\n{m['content']}\n"
+        return out + ("<|assistant|>\n" if gen else "")
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    full = ids(render(messages))
+    labels = list(full)
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            continue
+        gen = i + 1 < len(messages) and messages[i + 1]["role"] == "assistant"
+        a, b = len(ids(render(messages[:i]))) if i else 0, len(ids(render(messages[: i + 1], gen)))
+        labels[a:b] = [-100] * (b - a)
+    return full, labels

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import torch
 
-from tests.conftest import metrics, read_json, run_worker, train
+from tests.conftest import metrics, open_instruct_labels, read_json, run_worker, train
 from tulu_mcore.runtime.launch import torchrun_cmd
 
 CONVERSATION = {"messages": [
@@ -29,32 +29,12 @@ def sft_args(run_dir, cache, *extra):
 
 
 def reference_sum_ce(hf_dir, messages) -> float:
-    """transformers' summed cross entropy over the trained tokens; the text and labels are built here
-    with open-instruct's prefix re-tokenization, independently of tulu_mcore's template code."""
+    """transformers' summed cross entropy over the trained tokens; text and labels from the test's own
+    open-instruct-style reference, independent of tulu_mcore's template code."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    eos = tok.eos_token
-
-    def render(ms, gen=False):
-        out = ""
-        for i, m in enumerate(ms):
-            if m["role"] == "assistant":
-                out += f"<|assistant|>\n{m['content']}{eos}" + ("\n" if i < len(ms) - 1 else "")
-            else:
-                out += f"<|{m['role']}|>\n{m['content']}\n"
-        return out + ("<|assistant|>\n" if gen else "")
-
-    def n_tokens(text):
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-
-    ids = tok(render(messages), add_special_tokens=False)["input_ids"]
-    labels = list(ids)
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            gen = i + 1 < len(messages) and messages[i + 1]["role"] == "assistant"
-            a, b = n_tokens(render(messages[:i])) if i else 0, n_tokens(render(messages[: i + 1], gen))
-            labels[a:b] = [-100] * (b - a)
+    ids, labels = open_instruct_labels(tok, messages)
     model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, :-1]

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.conftest import open_instruct_labels
 from tulu_mcore.data import cache
 from tulu_mcore.data.loader import StepBatches
 from tulu_mcore.data.packing import best_fit, efficiency, pack
@@ -77,34 +78,10 @@ def test_truncation_cuts_ids_and_labels_together(tok):
     assert labels_of(cut) == labels_of(full)[:-2]
 
 
-def _prefix_labels(tok, msgs):
-    """open-instruct's method, written out: re-tokenize every conversation prefix; spans of
-    non-assistant messages (plus the assistant generation prompt) are -100."""
-    def render(ms, gen=False):
-        out = ""
-        for i, m in enumerate(ms):
-            if m["role"] == "assistant":
-                out += f"<|assistant|>\n{m['content']}{EOS}" + ("\n" if i < len(ms) - 1 else "")
-            else:
-                out += f"<|{m['role']}|>\n{m['content']}\n"
-        return out + ("<|assistant|>\n" if gen else "")
-
-    full = ids(tok, render(msgs))
-    labels = list(full)
-    for i, m in enumerate(msgs):
-        if m["role"] == "assistant":
-            continue
-        start = len(ids(tok, render(msgs[:i]))) if i else 0
-        gen = i + 1 < len(msgs) and msgs[i + 1]["role"] == "assistant"
-        end = len(ids(tok, render(msgs[: i + 1], gen)))
-        labels[start:end] = [-100] * (end - start)
-    return full, labels
-
-
 def test_offsets_agree_with_prefix_retokenization_on_all_demo_data(tok):
     convs = load_conversations(source_specs("builtin:sft-demo"), on_error="strict", seed=0).conversations
     for msgs, enc in zip(convs, encode_batch(convs, tok, 4096)):
-        full, labels = _prefix_labels(tok, msgs)
+        full, labels = open_instruct_labels(tok, msgs)
         assert enc.input_ids.tolist() == full
         assert labels_of(enc) == labels
 
