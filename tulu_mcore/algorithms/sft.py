@@ -91,20 +91,22 @@ def run(cfg: RunConfig) -> dict:
     dp_rank, dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
 
     # ---------------------------------------------------------------- model and optimizer
+    ckpts = RunCheckpointer(run_dir, cfg.train.keep_last)
+    latest = ckpts.latest()  # resuming: the weights come from there, not from model.init
     chunks = build_model(
-        arch, lay, cfg.precision, device=rt.device, attention=cfg.model.attention, init=init.kind == "none",
+        arch, lay, cfg.precision, device=rt.device, attention=cfg.model.attention,
+        init=init.kind == "none" and latest is None,
         config_overrides={"calculate_per_token_loss": True, **variable_lengths(lay),
                           **recompute_overrides(cfg.train.recompute)},
     )
-    load_init_weights(chunks, init)
+    if latest is None:
+        load_init_weights(chunks, init)
     model = wrap_for_training(chunks, cfg.precision, cfg.optim)
     optimizer = build_optimizer(model, cfg.precision, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
 
     # ---------------------------------------------------------------- resume
-    ckpts = RunCheckpointer(run_dir, cfg.train.keep_last)
     start = 0
-    latest = ckpts.latest()
     if latest is not None:
         state = load_checkpoint(model, latest, optimizer=optimizer)
         common = state["common"]
