@@ -47,7 +47,7 @@ def test_head_dim_and_kv_heads_default_like_transformers():
     "change,needle",
     [
         ({"model_type": "mistral", "architectures": ["MistralForCausalLM"]}, "not a Llama checkpoint"),
-        ({"architectures": ["LlamaForSequenceClassification"]}, "not a Llama checkpoint"),
+        ({"architectures": ["LlamaForQuestionAnswering"]}, "not a Llama checkpoint"),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "lacks the field"),
         ({"attention_bias": True}, "attention_bias=true"),

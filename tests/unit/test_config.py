@@ -74,7 +74,7 @@ def test_presets_match_published_sizes(preset, params):
         (["model.attention=flex"], 1, ["flex cannot train on CPU", "model.attention=sdpa"]),
         # training knobs
         (["recipe=sft", "train.micro_batch_size=2", "train.global_batch_size=4"], 1,
-         ["packed SFT micro-batches are one row", "train.micro_batch_size=1"]),
+         ["packed micro-batches are one row", "train.micro_batch_size=1"]),
         (["recipe=sft", "data.max_seq_len=300"], 1, ["data.max_seq_len=300", "train.seq_length=256"]),
         (["loss.reduction=mean"], 1, ["loss.reduction='mean'", "token_mean"]),
         (["optim.warmup_ratio=1.5"], 1, ["warmup_ratio=1.5"]),
@@ -136,3 +136,28 @@ def test_golden_sft_experiments(experiment, gpus, lr, batch):
     # the layout each is sized for is valid on its stated GPU count
     lay = validate(cfg, gpus, device="cuda", have_te=True)
     assert lay.world_size == gpus and lay.dp >= 1
+
+
+@pytest.mark.parametrize("experiment,gpus,lr,batch,warmup", [
+    ("tulu3_8b_dpo", 8, 5e-7, 128, 0.1), ("tulu3_70b_dpo", 64, 2e-7, 128, 0.1),
+    ("tulu3_405b_dpo", 256, 2e-7, 256, 0.1), ("tulu3_8b_rm", 8, 3e-6, 256, 0.0)])
+def test_golden_preference_experiments(experiment, gpus, lr, batch, warmup):
+    cfg = compose([f"experiment={experiment}"])
+    assert cfg.recipe.name == ("rm" if experiment.endswith("rm") else "dpo")
+    assert (cfg.optim.lr, cfg.train.global_batch_size, cfg.train.epochs) == (lr, batch, 1)
+    assert (cfg.data.max_seq_len, cfg.optim.lr_schedule, cfg.optim.warmup_ratio) == (2048, "linear", warmup)
+    assert cfg.optim.weight_decay == 0.0 and cfg.train.seq_length >= 2 * cfg.data.max_seq_len
+    assert "preference-mixture" in cfg.data.train and "Tulu-3" in cfg.model.init and cfg.model.init.endswith("-SFT")
+    if cfg.recipe.name == "dpo":
+        assert (cfg.dpo.loss_type, cfg.dpo.beta, cfg.dpo.label_smoothing) == ("dpo_norm", 5.0, 0.0)
+    lay = validate(cfg, gpus, device="cuda", have_te=True)
+    assert lay.world_size == gpus
+
+
+def test_dpo_options_are_checked():
+    cfg = compose(["recipe=dpo", "dpo.loss_type=kto", "dpo.beta=0", "dpo.gamma=1", "data.max_seq_len=200"])
+    with pytest.raises(UserError) as e:
+        validate(cfg, 1, device="cpu")
+    msg = str(e.value)
+    for needle in ("dpo.loss_type='kto'", "dpo.beta=0", "dpo.gamma=1", "at least 2 x data.max_seq_len"):
+        assert needle in msg, (needle, msg)

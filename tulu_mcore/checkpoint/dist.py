@@ -201,9 +201,26 @@ def load_checkpoint(chunks, ckpt_dir: str | Path, optimizer=None) -> dict:
     from tulu_mcore.checkpoint import optimizer as opt_fix
     from tulu_mcore.models.factory import unwrap
 
+    from tulu_mcore.models.heads import head_of
+
     meta = read_meta(ckpt_dir)
     sharded = sharded_model_state(chunks)
     model_keys = list(sharded)
+    # a reward model starts from a language model's body: its scalar head keeps its initial weights
+    skip_head = False
+    ckpt_head = meta.get("head", "lm")
+    for key, chunk in zip(model_keys, chunks):
+        m = unwrap(chunk)
+        if not m.post_process:
+            continue
+        if head_of(m) == "score" and ckpt_head == "lm":
+            skip_head = True
+            sharded[key] = {k: v for k, v in sharded[key].items() if not k.startswith("output_layer.")}
+        elif head_of(m) == "lm" and ckpt_head == "score":
+            raise CheckpointError(f"{ckpt_dir}: a reward model (scalar head, no language-model head); it "
+                                  "cannot initialise a language model")
+    if skip_head and optimizer is not None:
+        raise CheckpointError(f"{ckpt_dir}: a language model's checkpoint cannot resume a reward model's run")
     if optimizer is not None:
         opt_fix.allocate_state(optimizer)
         opt_fix.patch_loader()
@@ -218,7 +235,8 @@ def load_checkpoint(chunks, ckpt_dir: str | Path, optimizer=None) -> dict:
                               "cannot resume training; use it as model.init instead)") from None
     for key, chunk in zip(model_keys, chunks):
         missing, unexpected = unwrap(chunk).load_state_dict(loaded[key], strict=False)
-        missing = [k for k in missing if not k.endswith("_extra_state")]
+        missing = [k for k in missing if not k.endswith("_extra_state")
+                   and not (skip_head and k.startswith("output_layer."))]
         if missing or unexpected:
             raise CheckpointError(
                 f"{ckpt_dir}: weights do not match the model (missing {missing[:3]}, "

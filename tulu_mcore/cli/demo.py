@@ -4,8 +4,10 @@
    conversations, with 2 ranks (torchrun; CPU unless a GPU is visible), checkpoints and a Hugging Face
    export: ``tulu-train recipe=sft model=tiny`` with the run directory below.
 2. A check of the export against the final checkpoint (``tulu-convert verify`` at TP2).
-3. A summary: the loss curve, tokens/s, packing efficiency, and the trained model answering a prompt
-   through ``transformers``.
+3. Tülu 3 DPO of that SFT model on the built-in preference pairs (correct vs wrong answers), with the
+   reference log-probs cached before training: ``tulu-train recipe=dpo model.init=<the SFT run>``.
+4. A summary: the loss curves, tokens/s, packing efficiency, DPO's preference accuracy and margin, and
+   the final model answering a prompt through ``transformers``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run directory, replaced on each run (default runs/demo)")
     p.add_argument("--ranks", type=int, default=2, help="ranks to start (default 2)")
-    p.add_argument("overrides", nargs="*", help="extra tulu-train overrides, e.g. train.epochs=4")
+    p.add_argument("overrides", nargs="*", help="extra tulu-train overrides for the SFT stage, e.g. train.epochs=4")
     args = p.parse_args(argv)
 
     import torch
@@ -68,45 +70,62 @@ def main(argv: list[str] | None = None) -> None:
     from tulu_mcore.checkpoint.run import resolve_checkpoint
     from tulu_mcore.convert.verify import VerifyArgs, verify
     from tulu_mcore.metrics.logger import read_metrics
-    from tulu_mcore.runtime.launch import torchrun
 
     out = Path(args.out)
     if out.exists():
         _say(f"removing the previous demo run in {out}")
         shutil.rmtree(out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    sft_dir, dpo_dir = out / "sft", out / "dpo"
     # 10 passes over the 480 demo conversations: the recipe's 2 are enough for real models, not for
     # a randomly initialised tiny one to learn the answers' format
-    train_args = ["recipe=sft", "model=tiny", f"run.dir={out}", f"runtime.device={device}", "train.epochs=10",
-                  *args.overrides]
-    _say(f"tulu-train {' '.join(train_args)}  ({args.ranks} ranks, {device})")
-    t0 = time.time()
-    proc = torchrun("tulu_mcore.cli.train", train_args, nproc=args.ranks)
-    if proc.returncode != 0:
-        raise SystemExit(proc.returncode)
-    train_s = time.time() - t0
+    sft_args = ["recipe=sft", "model=tiny", f"run.dir={sft_dir}", f"runtime.device={device}", "train.epochs=10",
+                f"data.cache_dir={out / 'cache'}", *args.overrides]
+    sft_s = _train(sft_args, args.ranks, device)
 
-    ckpt = resolve_checkpoint(out)
-    result, ok = verify(VerifyArgs(str(out / "hf"), str(ckpt), tp=2, device=device))
+    ckpt = resolve_checkpoint(sft_dir)
+    result, ok = verify(VerifyArgs(str(sft_dir / "hf"), str(ckpt), tp=2, device=device))
     _say(f"HF export vs final checkpoint at TP2: max_abs_logit_diff={result['max_abs_logit_diff']:.2e} "
          f"({'ok' if ok else 'FAILED'})")
 
-    records = read_metrics(out)
-    if not records:
-        raise UserError(f"{out}/metrics.jsonl is empty: training logged no step")
-    losses = [r["loss"] for r in records]
-    tps = sum(r["tokens"] for r in records) / sum(r["step_time_s"] for r in records)
-    eff = sum(r["packing_efficiency"] for r in records) / len(records)
-    _say(f"{len(records)} steps in {train_s:.0f}s (with start-up); loss per conversation "
-         f"{losses[0]:.2f} -> {losses[-1]:.2f} (per token {records[0]['token_mean_loss']:.3f} -> "
-         f"{records[-1]['token_mean_loss']:.3f})")
-    _say(f"loss curve: {sparkline(losses)}")
-    _say(f"throughput {tps:,.0f} tokens/s over {args.ranks} ranks; packing efficiency {eff:.1%}")
+    dpo_args = ["recipe=dpo", f"model.init={sft_dir}", f"run.dir={dpo_dir}", f"runtime.device={device}",
+                "train.epochs=2", f"data.cache_dir={out / 'cache'}"]
+    dpo_s = _train(dpo_args, args.ranks, device)
+
+    sft, dpo = read_metrics(sft_dir), read_metrics(dpo_dir)
+    if not sft or not dpo:
+        raise UserError(f"{sft_dir if not sft else dpo_dir}/metrics.jsonl is empty: training logged no step")
+    losses = [r["loss"] for r in sft]
+    tps = sum(r["tokens"] for r in sft) / sum(r["step_time_s"] for r in sft)
+    eff = sum(r["packing_efficiency"] for r in sft) / len(sft)
+    _say(f"SFT: {len(sft)} steps in {sft_s:.0f}s (with start-up); loss per conversation "
+         f"{losses[0]:.2f} -> {losses[-1]:.2f} (per token {sft[0]['token_mean_loss']:.3f} -> "
+         f"{sft[-1]['token_mean_loss']:.3f})")
+    _say(f"SFT loss curve: {sparkline(losses)}")
+    _say(f"SFT throughput {tps:,.0f} tokens/s over {args.ranks} ranks; packing efficiency {eff:.1%}")
+    half = max(1, len(dpo) // 4)
+    acc = [sum(r["accuracy"] for r in part) / len(part) for part in (dpo[:half], dpo[-half:])]
+    margin = [sum(r["margin"] for r in part) / len(part) for part in (dpo[:half], dpo[-half:])]
+    _say(f"DPO: {len(dpo)} steps in {dpo_s:.0f}s (with start-up and the reference pass); loss "
+         f"{dpo[0]['loss']:.3f} -> {dpo[-1]['loss']:.3f}; preference accuracy {acc[0]:.0%} -> {acc[1]:.0%}, "
+         f"margin {margin[0]:.2f} -> {margin[1]:.2f} (first vs last quarter of the steps)")
+    _say(f"DPO loss curve: {sparkline([r['loss'] for r in dpo])}")
     question = "Mia has 7 apples and gets 5 more. How many apples does Mia have now?"
-    _say(f"the exported model, asked {question!r}: {generate(out / 'hf', question)!r}")
-    _say(f"run directory: {out} (metrics.jsonl, checkpoints/, hf/)")
+    _say(f"the exported DPO model, asked {question!r}: {generate(dpo_dir / 'hf', question)!r}")
+    _say(f"run directories: {sft_dir}, {dpo_dir} (metrics.jsonl, checkpoints/, hf/)")
     if not ok:
         raise SystemExit(1)
+
+
+def _train(train_args: list[str], ranks: int, device: str) -> float:
+    from tulu_mcore.runtime.launch import torchrun
+
+    _say(f"tulu-train {' '.join(train_args)}  ({ranks} ranks, {device})")
+    t0 = time.time()
+    proc = torchrun("tulu_mcore.cli.train", train_args, nproc=ranks)
+    if proc.returncode != 0:
+        raise SystemExit(proc.returncode)
+    return time.time() - t0
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ checkpoint; SIGTERM or SIGUSR1 saves a checkpoint and exits.
 config groups (GROUP=OPTION):
 {groups}
 frequently used keys:
-  recipe=sft                     the recipe (sft)
+  recipe=sft|dpo|rm              the recipe: supervised finetuning, preference tuning, reward model
   model.init=PATH|HUB_NAME       start from an HF directory, a tulu-convert checkpoint or an earlier run
   model.tokenizer=PATH|HUB_NAME  tokenizer (default: the one of model.init; built-in for model=tiny)
-  data.train=PATH|HUB_NAME       conversations (.jsonl/.json/.parquet, hub dataset, builtin:sft-demo)
+  data.train=PATH|HUB_NAME       conversations, or preference pairs for dpo/rm (.jsonl/.json/.parquet,
+                                 hub dataset, builtin:sft-demo, builtin:preference-demo)
+  dpo.loss_type=dpo|dpo_norm|ipo|simpo  dpo.beta=X  dpo.reference=cache|live   (recipe=dpo)
   parallel.tp/pp/vpp/cp=N, parallel.sp=true    the parallel layout (data parallel = the rest)
-  train.global_batch_size=N      conversations per optimizer step
+  train.global_batch_size=N      conversations (or pairs) per optimizer step
   train.seq_length=N             tokens per packed row;  train.max_steps=N  (default: train.epochs)
   optim.lr=X  loss.reduction=sum|token_mean  precision=bf16  run.dir=DIR
   --print-config                 print the composed config and exit
@@ -63,12 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     if "--print-config" in argv:
         print(to_yaml(cfg))
         return
-    if cfg.recipe.name == "sft":
-        from tulu_mcore.algorithms import sft
+    if cfg.recipe.name == "none":
+        raise UserError("recipe=none: choose a recipe to train: recipe=sft, recipe=dpo or recipe=rm")
+    import importlib
 
-        sft.run(cfg)
-    else:
-        raise UserError(f"recipe={cfg.recipe.name}: choose a recipe to train, e.g. recipe=sft")
+    importlib.import_module(f"tulu_mcore.algorithms.{cfg.recipe.name}").run(cfg)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ FP8_FORMATS = ("e4m3", "hybrid")
 FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
 ATTENTION_BACKENDS = ("auto", "te", "sdpa", "flex")
 DEVICES = ("auto", "cuda", "cpu")
-RECIPES = ("none", "sft")
+RECIPES = ("none", "sft", "dpo", "rm")
+DPO_LOSSES = ("dpo", "dpo_norm", "ipo", "simpo")
+REFERENCES = ("cache", "live")
 REDUCTIONS = ("sum", "token_mean")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 RECOMPUTE = ("none", "selective", "full")
@@ -122,6 +124,21 @@ class LossConfig:
 
 
 @dataclass
+class DpoConfig:
+    # dpo (sigmoid; label_smoothing > 0 is cDPO) | dpo_norm (Tülu 3: length-normalised log-probs) |
+    # ipo ((h - 1/(2 beta))^2 on length-averaged log-ratios) | simpo (reference-free, margin gamma)
+    loss_type: str = "dpo_norm"
+    beta: float = 5.0
+    label_smoothing: float = 0.0
+    gamma: float = 0.0  # SimPO's target margin
+    nll_weight: float = 0.0  # adds nll_weight x the chosen response's per-token NLL to each pair's loss
+    # cache: the reference's log-probs computed once (before training) and read from disk, no reference
+    # model in memory; live: a frozen reference model runs forward beside the policy every step
+    reference: str = "cache"
+    reference_cache: str | None = None  # where the cache lives; default beside the tokenized data
+
+
+@dataclass
 class RunSection:
     dir: str = "runs/default"  # checkpoints, metrics.jsonl, config.yaml, hf/; rerunning resumes here
 
@@ -134,7 +151,7 @@ class MetricsConfig:
 
 @dataclass
 class RecipeConfig:
-    name: str = "none"  # sft (more as they land)
+    name: str = "none"  # sft | dpo | rm
 
 
 @dataclass
@@ -147,6 +164,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
     run: RunSection = field(default_factory=RunSection)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from tulu_mcore.config.schema import (
     ATTENTION_BACKENDS,
+    DPO_LOSSES,
+    REFERENCES,
     DEVICES,
     DTYPES,
     FP8_FORMATS,
@@ -254,9 +256,33 @@ def _check_training(cfg: RunConfig, err) -> None:
             err(f"train.{key}={getattr(t, key)} must be >= 1")
     if t.max_steps is not None and t.max_steps < 1:
         err(f"train.max_steps={t.max_steps} must be >= 1 (or null to train for train.epochs)")
-    if d.max_seq_len is not None and not 1 <= d.max_seq_len <= t.seq_length:
+    pairs = cfg.recipe.name in ("dpo", "rm")
+    if d.max_seq_len is not None and not pairs and not 1 <= d.max_seq_len <= t.seq_length:
         err(f"data.max_seq_len={d.max_seq_len} must be between 1 and train.seq_length={t.seq_length} "
             "(a conversation must fit one packed row): raise train.seq_length or lower data.max_seq_len")
-    if cfg.recipe.name == "sft" and t.micro_batch_size != 1:
-        err(f"train.micro_batch_size={t.micro_batch_size}: packed SFT micro-batches are one row of "
+    if d.max_seq_len is not None and pairs and not 1 <= 2 * d.max_seq_len <= t.seq_length:
+        err(f"data.max_seq_len={d.max_seq_len}: recipe={cfg.recipe.name} packs a pair's chosen and rejected "
+            f"sequences into one row, so train.seq_length={t.seq_length} must be at least 2 x data.max_seq_len")
+    if cfg.recipe.name in ("sft", "dpo", "rm") and t.micro_batch_size != 1:
+        err(f"train.micro_batch_size={t.micro_batch_size}: packed micro-batches are one row of "
             "train.seq_length tokens; set train.micro_batch_size=1 (raise train.seq_length to pack more)")
+    if cfg.recipe.name == "dpo":
+        _check_dpo(cfg, err)
+
+
+def _check_dpo(cfg: RunConfig, err) -> None:
+    p = cfg.dpo
+    _choice(err, "dpo.loss_type", p.loss_type, DPO_LOSSES)
+    _choice(err, "dpo.reference", p.reference, REFERENCES)
+    if p.beta <= 0:
+        err(f"dpo.beta={p.beta} must be > 0")
+    if not 0.0 <= p.label_smoothing < 0.5:
+        err(f"dpo.label_smoothing={p.label_smoothing} must be in [0, 0.5)")
+    if p.label_smoothing and p.loss_type == "ipo":
+        err("dpo.label_smoothing applies to the sigmoid losses (dpo, dpo_norm, simpo), not to ipo")
+    if p.gamma and p.loss_type != "simpo":
+        err(f"dpo.gamma={p.gamma} is SimPO's margin: set dpo.loss_type=simpo or dpo.gamma=0")
+    if p.nll_weight < 0:
+        err(f"dpo.nll_weight={p.nll_weight} must be >= 0")
+    if p.loss_type == "simpo" and p.reference == "live":
+        err("dpo.loss_type=simpo uses no reference model: set dpo.reference=cache (nothing is computed)")

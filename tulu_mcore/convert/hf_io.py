@@ -85,6 +85,8 @@ class HFCheckpoint:
                 if name != "__metadata__":
                     self._where[name] = f
                     self._info[name] = info
+        # a LlamaForSequenceClassification (reward model) carries score.weight instead of lm_head
+        self.head = "score" if "score.weight" in self._where else "lm"
         self._handles: dict[Path, object] = {}
         self._lock = threading.Lock()  # reads may come from several threads
         self._check()
@@ -110,7 +112,7 @@ class HFCheckpoint:
         raise UserError(f"{self.path}: no {SINGLE} or {INDEX} found")
 
     def _check(self) -> None:
-        for name, shape in hf_shapes(self.arch).items():
+        for name, shape in hf_shapes(self.arch, self.head).items():
             if name not in self._where:
                 raise UserError(f"{self.path}: tensor {name} is missing from the safetensors files")
             got = tuple(self._info[name]["shape"])
@@ -131,8 +133,11 @@ class HFCheckpoint:
     @property
     def nbytes(self) -> int:
         return sum(
-            _DTYPE_SIZE[self._info[n]["dtype"]] * math.prod(self._info[n]["shape"]) for n in hf_shapes(self.arch)
+            _DTYPE_SIZE[self._info[n]["dtype"]] * math.prod(self._info[n]["shape"]) for n in hf_shapes(self.arch, self.head)
         )
+
+    def has(self, name: str) -> bool:
+        return name in self._where
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._info[name]["shape"])

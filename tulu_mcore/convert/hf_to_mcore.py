@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from tulu_mcore.convert.hf_io import HFCheckpoint
 from tulu_mcore.errors import UserError
-from tulu_mcore.models.llama.mapping import EMBEDDING, find_param, hf_to_local, units
+from tulu_mcore.models.llama.mapping import EMBEDDING, SCORE, find_param, hf_to_local, units
 from tulu_mcore.runtime.logs import progress
 
 
@@ -19,8 +19,11 @@ READ_THREADS = 4
 
 
 @torch.no_grad()
-def load_hf_weights(chunks, hf: HFCheckpoint) -> None:
-    """Copy this rank's shard of every parameter from `hf` into `chunks` (any TP/PP/VPP/CP/DP)."""
+def load_hf_weights(chunks, hf: HFCheckpoint, head: str = "lm") -> None:
+    """Copy this rank's shard of every parameter from `hf` into `chunks` (any TP/PP/VPP/CP/DP).
+
+    `head="score"` (a reward model): the scalar head comes from ``score.weight`` when `hf` is a
+    sequence classifier, and keeps its initial weights when `hf` is a causal LM."""
     from megatron.core import parallel_state as ps
 
     from tulu_mcore.models.factory import segments_of, unwrap
@@ -46,8 +49,13 @@ def load_hf_weights(chunks, hf: HFCheckpoint) -> None:
         filled[vp].add(name)
 
     # Reads release the GIL: a few threads overlap file reads with the page faults of fresh memory.
+    has_score = hf.has("score.weight")
+    if head == "lm" and has_score:
+        raise UserError(f"{hf.path}: a reward model (score head, no lm_head); it cannot initialise a "
+                        "language model")
     mine = [(vp, rule, names, cands) for owner, vp, rule, names, cands
-            in units(len(models), arch, pp, segments_of(models[0])) if owner == pp_rank]
+            in units(len(models), arch, pp, segments_of(models[0]), head=head)
+            if owner == pp_rank and (rule is not SCORE or has_score)]
     bar = progress(len(mine), "read HF", "param", enabled=dist.get_rank() == 0)
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         for _ in pool.map(lambda unit: fill(*unit), mine):
@@ -56,11 +64,11 @@ def load_hf_weights(chunks, hf: HFCheckpoint) -> None:
     # Tied embeddings with PP > 1: the last stage keeps its own copy of the embedding as the output
     # layer (megatron keeps the two in sync through the embedding group).
     last = models[-1]
-    if arch.tie_word_embeddings and last.post_process and not last.pre_process:
+    if arch.tie_word_embeddings and head == "lm" and last.post_process and not last.pre_process:
         fill(len(models) - 1, EMBEDDING, EMBEDDING.hf, ("output_layer.weight",))
     hf.close()
     for vp, p in enumerate(params):
-        left = sorted(set(p) - filled[vp])
+        left = sorted(n for n in set(p) - filled[vp] if not (head == "score" and n.startswith("output_layer.")))
         if left:
             raise RuntimeError(f"parameters not filled from the HF checkpoint: {left[:5]}")
 
@@ -88,10 +96,11 @@ def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, overwrite: bool = False, t
         runtime=RuntimeConfig(device=device),
     )
     rt = runtime.setup(cfg, training=False)
-    chunks = build_model(hf.arch, rt.layout, cfg.precision, device=rt.device, attention="sdpa", init=False)
-    load_hf_weights(chunks, hf)
+    chunks = build_model(hf.arch, rt.layout, cfg.precision, device=rt.device, attention="sdpa", init=False,
+                         head=hf.head)
+    load_hf_weights(chunks, hf, head=hf.head)
     return save_checkpoint(
         chunks, out, arch=hf.arch, dtype=TORCH_DTYPES[params_dtype], hf_config=hf.config,
-        side_files=hf.side_files(), extra={"source": str(hf.path.resolve())}, release=True,
+        side_files=hf.side_files(), extra={"source": str(hf.path.resolve()), "head": hf.head}, release=True,
     )
 

@@ -38,14 +38,24 @@ def hf_config_for(meta: dict, dtype: torch.dtype) -> dict:
     keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["torch_dtype"]  # transformers 4 / 5
     for k in keys:
         cfg[k] = name
+    if meta.get("head", "lm") == "score":  # a reward model: one score per sequence, at its last token
+        cfg.update(architectures=["LlamaForSequenceClassification"], id2label={"0": "LABEL_0"},
+                   label2id={"LABEL_0": 0}, num_labels=1)
+        # HF scores each row at its last token that is not pad_token_id; the score belongs to the EOS
+        # that closes the response, so an EOS pad id would move it one token back: drop it (batches
+        # then need a real pad token: set pad_token_id to one the tokenizer has)
+        eos = cfg.get("eos_token_id")
+        eos = set(eos) if isinstance(eos, list) else {eos}
+        if cfg.get("pad_token_id") in eos:
+            cfg["pad_token_id"] = None
     return cfg
 
 
-def checkpoint_hf_tensors(reader: CheckpointReader, arch: LlamaArch,
-                          wanted=lambda name: True) -> Iterator[tuple[str, torch.Tensor]]:
+def checkpoint_hf_tensors(reader: CheckpointReader, arch: LlamaArch, wanted=lambda name: True,
+                          head: str = "lm") -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor) in checkpoint order, read one megatron tensor at a time; megatron tensors whose
     HF tensors are all unwanted are not read."""
-    for _, _, rule, hf_names, candidates in units(1, arch, 1, [arch.num_hidden_layers]):
+    for _, _, rule, hf_names, candidates in units(1, arch, 1, [arch.num_hidden_layers], head=head):
         if not any(wanted(n) for n in hf_names):
             continue
         key = next((c for c in candidates if reader.has(c)), None)
@@ -103,10 +113,11 @@ def convert_mcore_to_hf(ckpt_dir: str, out_dir: str, *, overwrite: bool = False,
         tmp.mkdir(parents=True)
     if ranks > 1:
         dist.barrier()
-    shapes = hf_shapes(arch)
+    head = meta.get("head", "lm")
+    shapes = hf_shapes(arch, head)
     writer = StreamingSafetensorsWriter(tmp, shapes, torch_dtype, max_shard_bytes, rank=rank, ranks=ranks)
     bar = progress_bar(sum(writer.wants(n) for n in shapes), "export", "tensor", enabled=progress and rank == 0)
-    for name, t in prefetch(checkpoint_hf_tensors(reader, arch, writer.wants)):
+    for name, t in prefetch(checkpoint_hf_tensors(reader, arch, writer.wants, head)):
         writer.add(name, t)
         bar.update(int(writer.wants(name)))
     bar.close()

@@ -1,6 +1,8 @@
 """Tokenized SFT data on disk, keyed by everything that determines it.
 
-A dataset is three flat arrays (token ids, trained-token flags, example offsets) plus ``meta.json``,
+A dataset is three flat arrays (token ids, trained-token flags, example offsets) plus ``meta.json``;
+preference data (``kind="pairs"``) stores each pair as two consecutive examples, chosen then rejected.
+It is
 written once (by rank 0, into a temporary directory renamed into place) and memory-mapped by every
 rank. The key hashes the sources (file size and mtime, or the hub dataset's fingerprint), the tokenizer
 files, the template version, the length limit and the filtering options: change any and the data is
@@ -40,6 +42,19 @@ class TokenizedData:
         return len(self.offsets) - 1
 
     @property
+    def group_size(self) -> int:
+        """Sequences per unit: 1 for SFT conversations, 2 for preference pairs."""
+        return 2 if self.meta.get("kind") == "pairs" else 1
+
+    @property
+    def units(self) -> int:
+        return len(self) // self.group_size
+
+    def unit(self, i: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        g = self.group_size
+        return [self.example(g * i + j) for j in range(g)]
+
+    @property
     def key(self) -> str:
         return self.meta["key"]
 
@@ -52,9 +67,10 @@ class TokenizedData:
 
 
 def cache_key(specs: list[SourceSpec], tokenizer, *, max_seq_len: int, truncate: bool, on_error: str,
-              seed: int) -> str:
+              seed: int, kind: str = "sft") -> str:
     ident = {
         "format": CACHE_FORMAT,
+        "kind": kind,
         "template": [TEMPLATE_NAME, TEMPLATE_VERSION],
         "sources": [source_fingerprint(s) for s in specs],
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -66,31 +82,49 @@ def cache_key(specs: list[SourceSpec], tokenizer, *, max_seq_len: int, truncate:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _groups(specs, on_error: str, seed: int, kind: str):
+    """(conversation groups, origins, skipped, examples seen): one conversation per SFT example, the
+    chosen and rejected conversations per preference pair."""
+    if kind == "pairs":
+        from tulu_mcore.data.preference import load_pairs
+
+        lp = load_pairs(specs, on_error=on_error, seed=seed)
+        return [list(p) for p in lp.pairs], lp.origins, lp.skipped, lp.examples_seen
+    lc = load_conversations(specs, on_error=on_error, seed=seed)
+    return [[c] for c in lc.conversations], lc.origins, lc.skipped, lc.examples_seen
+
+
 def build(specs: list[SourceSpec], tokenizer, out: Path, *, key: str, max_seq_len: int, truncate: bool,
-          on_error: str, seed: int, log=print) -> None:
+          on_error: str, seed: int, kind: str = "sft", log=print) -> None:
     t0 = time.time()
-    loaded = load_conversations(specs, on_error=on_error, seed=seed)
-    skipped = Counter(loaded.skipped)
+    groups, origins, skipped_before, seen = _groups(specs, on_error, seed, kind)
+    skipped = Counter(skipped_before)
     tokens, trained, lengths = [], [], []
-    truncated = 0
-    for start in range(0, len(loaded.conversations), ENCODE_CHUNK):
-        chunk = loaded.conversations[start:start + ENCODE_CHUNK]
-        for j, enc in enumerate(encode_batch(chunk, tokenizer, max_seq_len)):
-            origin = loaded.origins[start + j]
-            if enc.truncated:
-                if not truncate:
-                    msg = f"{origin}: longer than data.max_seq_len={max_seq_len} tokens"
-                    if on_error == "strict":
-                        raise UserError(f"{msg} (set data.truncate=true to cut it, or data.on_error=skip)")
-                    skipped["longer than max_seq_len"] += 1
-                    continue
-            if not enc.trained[1:].any():  # the first token is never a target
+    truncated = kept = 0
+    per = 2 if kind == "pairs" else 1
+    for start in range(0, len(groups), ENCODE_CHUNK):
+        chunk = groups[start:start + ENCODE_CHUNK]
+        encoded = encode_batch([c for g in chunk for c in g], tokenizer, max_seq_len)
+        for j in range(len(chunk)):
+            encs, origin = encoded[per * j:per * j + per], origins[start + j]
+            if any(e.truncated for e in encs) and not truncate:
+                msg = f"{origin}: longer than data.max_seq_len={max_seq_len} tokens"
+                if on_error == "strict":
+                    raise UserError(f"{msg} (set data.truncate=true to cut it, or data.on_error=skip)")
+                skipped["longer than max_seq_len"] += 1
+                continue
+            if not all(e.trained[1:].any() for e in encs):  # the first token is never a target
                 skipped["no trained token left after truncation"] += 1
                 continue
-            truncated += enc.truncated  # kept, but cut at max_seq_len
-            tokens.append(enc.input_ids)
-            trained.append(enc.trained)
-            lengths.append(len(enc.input_ids))
+            if per == 2 and np.array_equal(encs[0].input_ids, encs[1].input_ids):
+                skipped["identical after truncation"] += 1
+                continue
+            truncated += any(e.truncated for e in encs)  # kept, but cut at max_seq_len
+            kept += 1
+            for e in encs:
+                tokens.append(e.input_ids)
+                trained.append(e.trained)
+                lengths.append(len(e.input_ids))
     if not lengths:
         raise UserError(f"no usable example in {[s.path for s in specs]} (skipped: {dict(skipped)})")
     tmp = out.with_name(out.name + f".partial-{int(time.time() * 1e6)}")
@@ -100,9 +134,10 @@ def build(specs: list[SourceSpec], tokenizer, out: Path, *, key: str, max_seq_le
     np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     meta = {
         "key": key,
+        "kind": kind,
         "sources": [s.path for s in specs],
-        "examples": len(lengths),
-        "examples_seen": loaded.examples_seen,
+        "examples": kept,
+        "examples_seen": seen,
         "tokens": int(sum(lengths)),
         "trained_tokens": int(sum(int(t[1:].sum()) for t in trained)),
         "truncated": truncated,
@@ -130,19 +165,21 @@ def load(path: Path) -> TokenizedData:
 
 def describe(meta: dict) -> str:
     skipped = ", ".join(f"{n} {r}" for r, n in sorted(meta["skipped"].items())) or "none"
+    what = "pairs" if meta.get("kind") == "pairs" else "examples"
     return (
-        f"{meta['examples']:,} examples ({meta['examples_seen']:,} read; skipped: {skipped}; "
+        f"{meta['examples']:,} {what} ({meta['examples_seen']:,} read; skipped: {skipped}; "
         f"truncated: {meta['truncated']:,}), {meta['tokens']:,} tokens of which "
         f"{meta['trained_tokens']:,} trained"
     )
 
 
 def prepare(specs: list[SourceSpec], tokenizer, *, cache_dir: Path, max_seq_len: int, truncate: bool,
-            on_error: str, seed: int, log=print) -> TokenizedData:
+            on_error: str, seed: int, kind: str = "sft", log=print) -> TokenizedData:
     """Build (rank 0, others wait) or reuse the tokenized data, then memory-map it on every rank."""
     import torch.distributed as dist
 
-    key = cache_key(specs, tokenizer, max_seq_len=max_seq_len, truncate=truncate, on_error=on_error, seed=seed)
+    key = cache_key(specs, tokenizer, max_seq_len=max_seq_len, truncate=truncate, on_error=on_error, seed=seed,
+                    kind=kind)
     path = Path(cache_dir) / key
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     error = None
@@ -150,7 +187,7 @@ def prepare(specs: list[SourceSpec], tokenizer, *, cache_dir: Path, max_seq_len:
         log(f"tokenizing {', '.join(s.path for s in specs)} -> {path}")
         try:
             build(specs, tokenizer, path, key=key, max_seq_len=max_seq_len, truncate=truncate,
-                  on_error=on_error, seed=seed, log=log)
+                  on_error=on_error, seed=seed, kind=kind, log=log)
         except UserError as e:  # tell the waiting ranks, so that all stop with the same message
             error = str(e)
     if dist.is_initialized():

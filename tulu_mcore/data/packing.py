@@ -6,6 +6,9 @@ document, and the loss at position j predicts token j+1 of the same document onl
 padded to a multiple of `multiple` (2*CP for context parallelism, and TP under sequence parallelism);
 the row's tail padding belongs to its last document. Padding has loss weight 0.
 
+Preference data packs whole groups (`group_size=2`: a pair's chosen and rejected documents, next to
+each other in one row), so that a pair's two log-probabilities meet in one micro-batch.
+
 Rows are as long as their documents (`trim`, the default): the capacity bounds memory, and the only
 padding is the rounding to `multiple`, so packing wastes almost nothing however few conversations a
 rank packs per step. Variable row lengths need ``variable_seq_lengths`` under pipeline parallelism.
@@ -57,42 +60,58 @@ class PackedRow:
     num_seqs: int
     real_tokens: int
     seq_lens: list[int]
+    doc_ids: torch.Tensor  # [1, T] int64: the document (0..num_seqs-1) each position belongs to
+    last_token: torch.Tensor  # [1, T] float: 1 at each document's last trained token (a reward model's score)
+    units: list[int]  # the dataset unit (example or pair) of each group of documents, in row order
 
     def as_batch(self) -> dict:
         return self.__dict__.copy()
 
 
 def pack(examples: list[tuple[np.ndarray, np.ndarray]], capacity: int, *, multiple: int = 1, pad_id: int = 0,
-         min_rows: int = 1, rows_multiple: int = 1, trim: bool = True) -> list[PackedRow]:
+         min_rows: int = 1, rows_multiple: int = 1, trim: bool = True, group_size: int = 1,
+         ids: list[int] | None = None) -> list[PackedRow]:
     """Pack (input_ids, trained) pairs into rows of at most `capacity` tokens (exactly `capacity` with
-    `trim=False`). Rows of padding only (zero loss) are added to reach at least `min_rows` and a
-    multiple of `rows_multiple` (the interleaved pipeline schedule needs a multiple of PP
-    micro-batches)."""
+    `trim=False`). Each `group_size` consecutive examples form one unit that stays together, in order;
+    `ids` name the units (default 0, 1, ...). Rows of padding only (zero loss) are added to reach at
+    least `min_rows` and a multiple of `rows_multiple` (the interleaved pipeline schedule needs a
+    multiple of PP micro-batches)."""
     if capacity % multiple:
         raise ValueError(f"row capacity {capacity} is not a multiple of {multiple}")
-    padded = [round_up(len(ids), multiple) for ids, _ in examples]
-    bins = best_fit(padded, capacity) if examples else []
+    if len(examples) % group_size:
+        raise ValueError(f"{len(examples)} examples do not form groups of {group_size}")
+    padded = [round_up(len(x), multiple) for x, _ in examples]
+    group_len = [sum(padded[g * group_size:(g + 1) * group_size]) for g in range(len(examples) // group_size)]
+    ids = list(range(len(group_len))) if ids is None else list(ids)
+    bins = best_fit(group_len, capacity) if examples else []
     n_rows = max(len(bins), min_rows)
     n_rows = round_up(n_rows, rows_multiple)
     bins += [[] for _ in range(n_rows - len(bins))]
     rows = []
     for b in bins:
-        length = round_up(max(sum(padded[i] for i in b), 1), multiple) if trim else capacity
-        rows.append(_row([examples[i] for i in b], [padded[i] for i in b], length, pad_id))
+        members = [g * group_size + j for g in b for j in range(group_size)]
+        length = round_up(max(sum(group_len[g] for g in b), 1), multiple) if trim else capacity
+        rows.append(_row([examples[i] for i in members], [padded[i] for i in members], length, pad_id,
+                         [ids[g] for g in b]))
     return rows
 
 
-def _row(docs, padded, capacity: int, pad_id: int) -> PackedRow:
+def _row(docs, padded, capacity: int, pad_id: int, units: list[int]) -> PackedRow:
     tokens = np.full(capacity, pad_id, dtype=np.int64)
     labels = np.full(capacity, pad_id, dtype=np.int64)
     mask = np.zeros(capacity, dtype=np.float32)
+    doc_ids = np.zeros(capacity, dtype=np.int64)
+    last = np.zeros(capacity, dtype=np.float32)
     cu, cu_p, lens = [0], [0], []
     pos = 0
-    for (ids, trained), plen in zip(docs, padded):
+    for d, ((ids, trained), plen) in enumerate(zip(docs, padded)):
         n = len(ids)
         tokens[pos:pos + n] = ids
         labels[pos:pos + n - 1] = ids[1:]
         mask[pos:pos + n - 1] = trained[1:]
+        doc_ids[pos:] = d  # through the padding, and the row's tail for the last document
+        trained_at = np.flatnonzero(trained)
+        last[pos + (trained_at[-1] if len(trained_at) else n - 1)] = 1.0
         lens.append(n)
         cu.append(cu[-1] + n)
         pos += plen
@@ -113,6 +132,9 @@ def _row(docs, padded, capacity: int, pad_id: int) -> PackedRow:
         num_seqs=len(lens),
         real_tokens=int(sum(lens)),
         seq_lens=lens,
+        doc_ids=torch.from_numpy(doc_ids).unsqueeze(0),
+        last_token=torch.from_numpy(last).unsqueeze(0),
+        units=units,
     )
 
 

@@ -20,7 +20,8 @@ from tulu_mcore.data.template import ConversationError, check_messages
 from tulu_mcore.errors import UserError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
-BUILTIN = {"builtin:sft-demo": BUILTIN_DIR / "sft_demo.jsonl"}
+BUILTIN = {"builtin:sft-demo": BUILTIN_DIR / "sft_demo.jsonl",
+           "builtin:preference-demo": BUILTIN_DIR / "preference_demo.jsonl"}
 TINY_TOKENIZER = BUILTIN_DIR / "tiny_tokenizer"
 
 

@@ -19,6 +19,7 @@ from tulu_mcore.config.schema import PrecisionConfig
 from tulu_mcore.config.validate import Layout, have_transformer_engine
 from tulu_mcore.dtypes import TORCH_DTYPES
 from tulu_mcore.errors import ConfigError
+from tulu_mcore.models.heads import attach_score_head
 from tulu_mcore.models.llama.arch import LlamaArch
 from tulu_mcore.models.specs import final_norm_for, stack_spec
 
@@ -127,11 +128,13 @@ def build_model(
     device: str,
     attention: str = "auto",
     init: bool = True,
+    head: str = "lm",
     config_overrides: dict[str, Any] | None = None,
 ) -> list[HybridModel]:
     """Build this rank's model chunks (one per virtual pipeline stage).
 
-    `init=False` skips weight initialisation (the weights are about to be loaded).
+    `init=False` skips weight initialisation (the weights are about to be loaded). `head="score"`
+    builds a reward model: a scalar head instead of the output layer (never tied to the embedding).
     Megatron parallel state must be initialised for `layout` first (tulu_mcore.runtime).
     """
     attention = resolve_attention(attention, device)
@@ -154,7 +157,7 @@ def build_model(
                 hybrid_layer_pattern=pattern,
                 pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
                 post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
-                share_embeddings_and_output_weights=arch.tie_word_embeddings,
+                share_embeddings_and_output_weights=arch.tie_word_embeddings and head == "lm",
                 position_embedding_type="rope",
                 rotary_base=arch.rope_theta,
                 vp_stage=vp_stage,
@@ -162,6 +165,10 @@ def build_model(
         # HybridModel has no llama3 RoPE scaling: set the frequencies before the first forward
         # (RotaryEmbedding.forward is lru_cached).
         model.rotary_pos_emb.inv_freq = inv_freq.to(model.rotary_pos_emb.inv_freq.device)
+        if head == "score":
+            attach_score_head(model, init=init)
+        elif head != "lm":
+            raise ValueError(f"unknown model head {head!r}")
         if device == "cuda":
             model.cuda(torch.cuda.current_device())
         chunks.append(model)

@@ -71,13 +71,14 @@ def tokenizer_path(model: ModelConfig, init: InitSource) -> str:
     raise UserError(f"no tokenizer: {where}; set model.tokenizer=DIR_OR_HUB_NAME")
 
 
-def load_init_weights(chunks, init: InitSource) -> None:
-    """Collective when weights come from a checkpoint."""
+def load_init_weights(chunks, init: InitSource, head: str = "lm") -> None:
+    """Collective when weights come from a checkpoint. A reward model (`head="score"`) takes the body of
+    a language model (its scalar head then keeps its initial weights) or a whole reward model."""
     if init.kind == "hf":
         from tulu_mcore.convert.hf_io import HFCheckpoint
         from tulu_mcore.convert.hf_to_mcore import load_hf_weights
 
-        load_hf_weights(chunks, HFCheckpoint(init.path))
+        load_hf_weights(chunks, HFCheckpoint(init.path), head=head)
     elif init.kind == "mcore":
         from tulu_mcore.checkpoint.dist import load_model
 

@@ -59,33 +59,40 @@ def lm_forward_step(data_iterator, model, reduction: str = "token_mean"):
     return output, partial(lm_loss, local["loss_mask"], batch["tokens"].shape[0], reduction)
 
 
-def packed_forward_step(data_iterator, model, reduction: str = "sum"):
+def packed_forward(batch: dict, model, *, labels: bool = True):
     """Forward of one packed row (see tulu_mcore.data.packing): THD with per-document attention and
-    RoPE; the PackedSeqParams carry the global document boundaries on every CP rank."""
+    RoPE; the PackedSeqParams carry the global document boundaries on every CP rank. Returns the
+    model's output for this CP rank's tokens (per-token cross entropy with `labels`, else the head's
+    output) and this rank's slice of the row's per-token tensors."""
     from megatron.core import parallel_state as ps
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    batch = next(data_iterator)
     cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
     device = next(model.parameters()).device
     cu, cu_p = batch["cu_seqlens"].to(device), batch["cu_seqlens_padded"].to(device)
     local = split_for_cp(batch, cp, cp_rank, cu_seqlens_padded=batch["cu_seqlens_padded"],
-                         keys=("tokens", "labels", "loss_mask"))
+                         keys=("tokens", "labels", "loss_mask", "doc_ids", "last_token"))
     psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_p,
                           cu_seqlens_kv_padded=cu_p, max_seqlen_q=batch["max_seqlen"],
                           max_seqlen_kv=batch["max_seqlen"])
     output = model(input_ids=local["tokens"].to(device), position_ids=None, attention_mask=None,
-                   labels=local["labels"].to(device), packed_seq_params=psp)
+                   labels=local["labels"].to(device) if labels else None, packed_seq_params=psp)
+    return output, local
+
+
+def packed_forward_step(data_iterator, model, reduction: str = "sum"):
+    batch = next(data_iterator)
+    output, local = packed_forward(batch, model)
     return output, partial(lm_loss, local["loss_mask"], batch["num_seqs"], reduction)
 
 
-def reduce_report(losses: list[dict], key: str = "lm") -> torch.Tensor:
+def reduce_report(losses: list[dict], key: str = "lm", size: int = 3) -> torch.Tensor:
     """Sum this rank's micro-batch reports over the global batch and bring the sum to every rank
     (only last-stage TP rank 0 ranks contribute, each for its own DP x CP slice)."""
     from megatron.core import parallel_state as ps
 
     device = "cuda" if torch.cuda.is_available() and dist.get_backend() == "nccl" else "cpu"
-    acc = torch.zeros(3, dtype=torch.float64, device=device)
+    acc = torch.zeros(size, dtype=torch.float64, device=device)
     if ps.is_pipeline_last_stage(ignore_virtual=True) and ps.get_tensor_model_parallel_rank() == 0:
         for item in losses:
             acc += item[key].to(acc)
@@ -93,26 +100,44 @@ def reduce_report(losses: list[dict], key: str = "lm") -> torch.Tensor:
     return acc.cpu()
 
 
-def train_step(model, optimizer, microbatches: list[dict], *, seq_length: int, micro_batch_size: int,
-               forward_step=lm_forward_step, reduction: str = "token_mean") -> StepResult:
-    """Forward/backward over this rank's micro-batches, then one optimizer step."""
+def run_schedule(model, microbatches: list[dict], *, seq_length: int, forward_step, forward_only: bool = False,
+                 micro_batch_size: int = 1) -> list[dict]:
+    """This rank's micro-batches through megatron's pipeline schedule; the loss functions' reports
+    (on the last pipeline stage)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    for chunk in model:
-        chunk.zero_grad_buffer()
-    optimizer.zero_grad()
     # interleaved schedules take one iterator per model chunk
     iterators = [iter(microbatches) for _ in model]
-    losses = get_forward_backward_func()(
-        forward_step_func=partial(forward_step, reduction=reduction),
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
         data_iterator=iterators if len(model) > 1 else iterators[0],
         model=model if len(model) > 1 else model[0],
         num_microbatches=len(microbatches),
         seq_length=seq_length,
         micro_batch_size=micro_batch_size,
-        forward_only=False,
+        forward_only=forward_only,
     )
+
+
+def optimizer_step(model, optimizer, microbatches: list[dict], *, seq_length: int, forward_step,
+                   micro_batch_size: int = 1) -> tuple[list[dict], bool, float]:
+    """Forward/backward over this rank's micro-batches, then one optimizer step: (reports, whether
+    the update was applied, the gradient norm before clipping)."""
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    losses = run_schedule(model, microbatches, seq_length=seq_length, forward_step=forward_step,
+                          micro_batch_size=micro_batch_size)
     ok, grad_norm, _ = optimizer.step()
+    return losses, bool(ok), float(grad_norm or 0.0)
+
+
+def train_step(model, optimizer, microbatches: list[dict], *, seq_length: int, micro_batch_size: int,
+               forward_step=lm_forward_step, reduction: str = "token_mean") -> StepResult:
+    """One language-model optimizer step over this rank's micro-batches."""
+    losses, ok, grad_norm = optimizer_step(model, optimizer, microbatches, seq_length=seq_length,
+                                           forward_step=partial(forward_step, reduction=reduction),
+                                           micro_batch_size=micro_batch_size)
     total, tokens, seqs = reduce_report(losses).tolist()
     norm = seqs if reduction == "sum" else tokens
     return StepResult(
@@ -120,6 +145,6 @@ def train_step(model, optimizer, microbatches: list[dict], *, seq_length: int, m
         token_mean_loss=total / tokens if tokens else float("nan"),
         num_tokens=int(tokens),
         num_seqs=int(seqs),
-        grad_norm=float(grad_norm or 0.0),
+        grad_norm=grad_norm,
         skipped=not ok,
     )

@@ -5,6 +5,10 @@
 * ``sft_demo.jsonl``: conversations written here, not taken from anywhere: arithmetic word problems
   with exact answers (some multi-turn, some with a system message) and instructions whose answers can
   be checked mechanically (repeat, reverse, count, upper-case, list).
+* ``preference_demo.jsonl``: preference pairs over new problems of the same kinds: the chosen response
+  is the exact answer, the rejected one a plausible wrong answer (off-by-some result, wrong count,
+  wrong case). Most rows use the Tülu preference-mixture format (two whole conversations), the rest
+  ``prompt`` / ``chosen`` / ``rejected`` strings.
 * ``tiny_tokenizer/``: a byte-level BPE with 512 entries trained on that data (the `tiny` model's
   vocabulary), with ``<|begin_of_text|>`` / ``<|end_of_text|>`` like the Llama 3 tokenizer. The Tülu
   role markers stay plain text, as in the recipe.
@@ -76,6 +80,40 @@ def demo_conversations(n: int = 480, seed: int = 0) -> list[dict]:
     return [arithmetic(rng) if rng.random() < 0.6 else instruction(rng) for _ in range(n)]
 
 
+def _wrong(answer: str, rng: random.Random) -> str:
+    """A plausible wrong version of a demo answer: every number shifted, or the text altered."""
+    import re
+
+    if re.search(r"\d", answer):
+        shift = rng.choice([-3, -2, -1, 1, 2, 3, 10])
+        last = re.findall(r"\d+", answer)[-1]
+        wrong = str(int(last) + shift if int(last) + shift >= 0 else int(last) + 1)
+        # the stated result and the final answer both change; the calculation stays
+        return re.sub(rf"\b{last}\b(?=\.?$)|(?<== ){last}\b", wrong, answer)
+    if answer.isupper():
+        return answer.lower()
+    if ", " in answer:
+        return ", ".join(answer.split(", ")[:-1]) or answer[::-1] + "s"
+    return answer[::-1] if answer[::-1] != answer else answer + "s"
+
+
+def preference_pairs(n: int = 256, seed: int = 1) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        conv = arithmetic(rng) if rng.random() < 0.6 else instruction(rng)
+        msgs = conv["messages"]
+        good = msgs[-1]["content"]
+        bad = _wrong(good, rng)
+        if bad == good:
+            continue
+        if rng.random() < 0.8:
+            rows.append({"chosen": msgs, "rejected": msgs[:-1] + [{"role": "assistant", "content": bad}]})
+        elif len(msgs) == 2:
+            rows.append({"prompt": msgs[0]["content"], "chosen": good, "rejected": bad})
+    return rows
+
+
 def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 512) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -107,6 +145,9 @@ def main() -> None:
     with open(out / "sft_demo.jsonl", "w") as f:
         for c in convs:
             f.write(json.dumps(c) + "\n")
+    with open(out / "preference_demo.jsonl", "w") as f:
+        for row in preference_pairs():
+            f.write(json.dumps(row) + "\n")
     markers = "<|system|>\n<|user|>\n<|assistant|>\n"
     texts = [markers + "\n".join(m["content"] for m in c["messages"]) for c in convs]
     train_tokenizer(texts, out / "tiny_tokenizer")

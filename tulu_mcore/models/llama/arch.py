@@ -17,7 +17,7 @@ import torch
 
 from tulu_mcore.errors import UserError
 
-LLAMA_ARCHITECTURES = ("LlamaForCausalLM",)
+LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "LlamaForSequenceClassification")
 
 
 @dataclass
@@ -67,7 +67,7 @@ class LlamaArch:
         if cfg.get("model_type") != "llama" or (archs and not set(archs) & set(LLAMA_ARCHITECTURES)):
             raise UserError(
                 f"{source}: not a Llama checkpoint (model_type={cfg.get('model_type')!r}, "
-                f"architectures={archs}); tulu_mcore converts LlamaForCausalLM models only"
+                f"architectures={archs}); tulu_mcore converts LlamaForCausalLM and LlamaForSequenceClassification (reward) models only"
             )
         for key, bad in (("attention_bias", True), ("mlp_bias", True)):
             if cfg.get(key, False) == bad:

@@ -38,6 +38,10 @@ class Rule:
 EMBEDDING = Rule(("model.embed_tokens.weight",), ("embedding.word_embeddings.weight",), "vocab")
 FINAL_NORM = Rule(("model.norm.weight",), ("decoder.final_norm.weight",), "replicated")
 LM_HEAD = Rule(("lm_head.weight",), ("output_layer.weight",), "vocab")
+# a reward model's scalar head (HF LlamaForSequenceClassification, num_labels=1): [1, hidden] on every
+# TP rank, in place of the output layer
+SCORE = Rule(("score.weight",), ("output_layer.weight",), "replicated")
+HEADS = ("lm", "score")
 
 _L = "model.layers.{i}."
 LAYER_RULES = (
@@ -74,10 +78,11 @@ def layer_names(rule: Rule, layer: int, local_index: int) -> tuple[tuple[str, ..
     return hf, mc
 
 
-def units(n_chunks: int, arch: LlamaArch, pp: int, segments: list[int]):
+def units(n_chunks: int, arch: LlamaArch, pp: int, segments: list[int], head: str = "lm"):
     """Every megatron parameter in HF checkpoint order, with where it lives:
     (pp rank, chunk index on that rank, rule, HF names, megatron candidate names).
-    `segments` are decoder layers per pipeline segment (segment = chunk index * pp + pp rank)."""
+    `segments` are decoder layers per pipeline segment (segment = chunk index * pp + pp rank);
+    `head` is the language-model head ("lm") or a reward model's scalar head ("score")."""
     yield 0, 0, EMBEDDING, EMBEDDING.hf, EMBEDDING.mcore
     layer = 0
     for seg, n in enumerate(segments):
@@ -88,12 +93,15 @@ def units(n_chunks: int, arch: LlamaArch, pp: int, segments: list[int]):
                 yield pp_rank, vp, rule, hf, mc
             layer += 1
     yield pp - 1, n_chunks - 1, FINAL_NORM, FINAL_NORM.hf, FINAL_NORM.mcore
-    if not arch.tie_word_embeddings:
+    if head == "score":
+        yield pp - 1, n_chunks - 1, SCORE, SCORE.hf, SCORE.mcore
+    elif not arch.tie_word_embeddings:
         yield pp - 1, n_chunks - 1, LM_HEAD, LM_HEAD.hf, LM_HEAD.mcore
 
 
-def hf_shapes(arch: LlamaArch) -> dict[str, tuple[int, ...]]:
-    """Every tensor of an HF LlamaForCausalLM checkpoint with its shape, in checkpoint order."""
+def hf_shapes(arch: LlamaArch, head: str = "lm") -> dict[str, tuple[int, ...]]:
+    """Every tensor of an HF LlamaForCausalLM (head "lm") or LlamaForSequenceClassification (head
+    "score") checkpoint with its shape, in checkpoint order."""
     h, f, d = arch.hidden_size, arch.intermediate_size, arch.head_dim
     shapes = {"model.embed_tokens.weight": (arch.vocab_size, h)}
     for i in range(arch.num_hidden_layers):
@@ -110,7 +118,9 @@ def hf_shapes(arch: LlamaArch) -> dict[str, tuple[int, ...]]:
             p + "mlp.down_proj.weight": (h, f),
         })
     shapes["model.norm.weight"] = (h,)
-    if not arch.tie_word_embeddings:
+    if head == "score":
+        shapes["score.weight"] = (1, h)
+    elif not arch.tie_word_embeddings:
         shapes["lm_head.weight"] = (arch.vocab_size, h)
     return shapes
 

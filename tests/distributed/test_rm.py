@@ -1,0 +1,44 @@
+"""Reward model through `tulu-train recipe=rm`: pair accuracy rises, and the exported HF
+LlamaForSequenceClassification reproduces the Megatron scores (computed at TP2 with SP, and at CP2)."""
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import metrics, read_json, run_worker, train
+
+
+@pytest.fixture(scope="module")
+def rm_run(sft_hf, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rm")
+    train(["recipe=rm", f"run.dir={root / 'run'}", f"data.cache_dir={root / 'data'}", "runtime.device=cpu",
+           "metrics.progress=false", f"model.init={sft_hf}", "train.epochs=3", "optim.lr=2e-3"])
+    return root
+
+
+def test_pair_accuracy_rises(rm_run):
+    m = metrics(rm_run / "run")
+    assert len(m) == 24
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    first, last = m[:4], m[-4:]
+    assert mean(last, "accuracy") >= 0.8 and mean(last, "accuracy") > mean(first, "accuracy") + 0.2
+    assert mean(last, "loss") < mean(first, "loss") - 0.1
+    assert mean(last, "margin") > 0.5
+
+
+@pytest.mark.parametrize("layout", [["parallel.tp=2", "parallel.sp=true"], ["parallel.cp=2"]])
+def test_hf_export_reproduces_megatron_scores(rm_run, layout, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    hf = rm_run / "run" / "hf"
+    config = read_json(hf / "config.json")
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and config["num_labels"] == 1
+    out = tmp_path / "scores.json"
+    run_worker("rm_scores.py", [rm_run / "run", rm_run / "data", out, *layout], nproc=2)
+    got = json.loads(out.read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(hf, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = [model(torch.tensor([ids])).logits[0, 0].item() for ids in got["ids"]]
+    assert len(ref) == 12 and max(abs(r) for r in ref) > 0.5  # scores of a trained head, not ~0
+    assert max(abs(a - b) for a, b in zip(ref, got["scores"])) <= 1e-4, (ref, got["scores"])

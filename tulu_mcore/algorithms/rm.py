@@ -1,0 +1,83 @@
+"""Reward-model training on megatron-core: ``tulu-train recipe=rm``.
+
+The policy's body with a scalar head (:mod:`tulu_mcore.models.heads`) scores each sequence at its last
+trained token (the EOS closing the final assistant turn); the loss is Bradley-Terry,
+-log σ(r_chosen - r_rejected), averaged over the global batch's pairs. Pairs are packed like DPO's
+(chosen and rejected in one row). The final model exports as a Hugging Face
+``LlamaForSequenceClassification`` (``num_labels=1``): PPO's value-model initialisation.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from tulu_mcore.config.schema import RunConfig
+from tulu_mcore.data.loader import StepBatches
+from tulu_mcore.training.run import TrainingRun
+from tulu_mcore.training.sequences import is_cp_rank0, sequence_scores
+from tulu_mcore.training.setup import current_lr
+from tulu_mcore.training.step import optimizer_step, packed_forward, reduce_report
+
+REPORT = 5  # loss sum, pairs, correct, chosen score sum, rejected score sum
+
+
+def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    """Per-pair -log σ(r_c - r_r)."""
+    return -F.logsigmoid(chosen_scores - rejected_scores)
+
+
+def rm_loss(local: dict, batch: dict, output: torch.Tensor):
+    n = batch["num_seqs"]
+    scores = sequence_scores(output, local, n)
+    sc, sr = scores[0::2], scores[1::2]
+    total = bradley_terry_loss(sc, sr).sum()
+    own = float(is_cp_rank0())  # every CP rank holds the same pairs: count them once
+    with torch.no_grad():
+        report = torch.stack([total.detach(), torch.tensor(n // 2, dtype=total.dtype, device=total.device),
+                              (sc > sr).sum().to(total), sc.sum(), sr.sum()]) * own
+    return total, torch.tensor(int(n // 2 * own), device=total.device), {"rm": report}
+
+
+def rm_forward_step(data_iterator, model):
+    batch = next(data_iterator)
+    output, local = packed_forward(batch, model, labels=False)
+    return output, partial(rm_loss, local, batch)
+
+
+def run(cfg: RunConfig) -> dict:
+    tr = TrainingRun(cfg, "rm")
+    data = tr.prepare_data("pairs")
+    batches = StepBatches(data, global_batch=cfg.train.global_batch_size, seed=cfg.data.seed,
+                          shuffle=cfg.data.shuffle)
+    total = cfg.train.max_steps or cfg.train.epochs * batches.steps_per_epoch
+    model, optimizer, scheduler = tr.build(total, head="score")
+    step = tr.resume(data.key)
+    while step < total:
+        t0 = time.time()
+        rows = batches.rows(step, **tr.pack_options())
+        lr = current_lr(optimizer)
+        losses, ok, grad_norm = optimizer_step(model, optimizer, [r.as_batch() for r in rows],
+                                               seq_length=cfg.train.seq_length, forward_step=rm_forward_step)
+        scheduler.step(1)
+        step += 1
+        loss, pairs, correct, sc, sr = reduce_report(losses, "rm", REPORT).tolist()
+        record = {
+            "loss": loss / pairs,
+            "accuracy": correct / pairs,  # share of pairs scored chosen > rejected
+            "margin": (sc - sr) / pairs,
+            "score_chosen": sc / pairs,
+            "score_rejected": sr / pairs,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "pairs": int(pairs),
+            "epoch": batches.cursor(step - 1).epoch,
+            "skipped": not ok,
+            **tr.throughput(rows, time.time() - t0),
+        }
+        if tr.end_step(step, record, batches.cursor(step).__dict__):
+            break
+    return tr.finish(step)

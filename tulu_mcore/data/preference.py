@@ -1,0 +1,93 @@
+"""Preference pairs: the Tülu preference-mixture format and the prompt/chosen/rejected format.
+
+* ``{"chosen": [messages], "rejected": [messages]}``: two whole conversations that share every message
+  but the final assistant turn (allenai/llama-3.1-tulu-3-*-preference-mixture);
+* ``{"prompt": str | [messages], "chosen": str | [messages], "rejected": str | [messages]}``: a string
+  prompt is one user turn; a string response is one assistant turn appended to the prompt.
+
+Both sides are rendered and labelled like SFT (every assistant turn trained). Problems, each with the
+example's origin: a missing field, sides that are not conversations, sides that do not share a prompt,
+identical chosen and rejected responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from collections import Counter
+
+from tulu_mcore.data.sources import SourceSpec, Problem, _records
+from tulu_mcore.data.template import ConversationError, check_messages
+from tulu_mcore.errors import UserError
+
+
+def _as_messages(value, role: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, dict) and "role" in value:
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise ConversationError("malformed pair", f"expected a string or a list of messages, got {type(value).__name__}")
+
+
+def pair_from_row(row) -> tuple[list[dict], list[dict]]:
+    """(chosen conversation, rejected conversation) of one row, validated."""
+    if not isinstance(row, dict):
+        raise ConversationError("malformed pair", "not an object")
+    missing = [k for k in ("chosen", "rejected") if k not in row]
+    if missing:
+        raise ConversationError("missing field", f"missing field(s) {', '.join(missing)}")
+    if "prompt" in row:
+        prompt = _as_messages(row["prompt"], "user")
+        chosen = prompt + _as_messages(row["chosen"], "assistant")
+        rejected = prompt + _as_messages(row["rejected"], "assistant")
+    else:
+        chosen, rejected = _as_messages(row["chosen"], "assistant"), _as_messages(row["rejected"], "assistant")
+    for side, msgs in (("chosen", chosen), ("rejected", rejected)):
+        try:
+            check_messages(msgs)
+        except ConversationError as e:
+            raise ConversationError(e.reason, f"{side}: {e}") from None
+        if msgs[-1]["role"] != "assistant":
+            raise ConversationError("malformed pair", f"{side} does not end with an assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise ConversationError("different prompts", "chosen and rejected do not share their prompt "
+                                "(every message but the last must be equal)")
+    if chosen[-1]["content"] == rejected[-1]["content"]:
+        raise ConversationError("identical chosen and rejected", "chosen and rejected responses are identical")
+    return chosen, rejected
+
+
+@dataclass
+class LoadedPairs:
+    pairs: list[tuple[list[dict], list[dict]]] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    examples_seen: int = 0
+
+
+def load_pairs(specs: list[SourceSpec], *, on_error: str, seed: int) -> LoadedPairs:
+    import random
+
+    if on_error not in ("strict", "skip"):
+        raise UserError(f"data.on_error={on_error!r}: choose strict or skip")
+    result = LoadedPairs()
+    for spec in specs:
+        problems: list[Problem] = []
+        rows = _records(spec, problems)
+        result.examples_seen += len(rows) + len(problems)
+        if spec.max_examples is not None and spec.max_examples < len(rows):
+            order = list(range(len(rows)))
+            random.Random(seed).shuffle(order)
+            rows = [rows[i] for i in sorted(order[: spec.max_examples])]
+        for origin, row in rows:
+            try:
+                result.pairs.append(pair_from_row(row))
+                result.origins.append(origin)
+            except ConversationError as e:
+                problems.append((origin, e.reason, str(e)))
+        for origin, reason, message in problems:
+            if on_error == "strict":
+                raise UserError(f"{origin}: {message} (set data.on_error=skip to drop such pairs)")
+            result.skipped[reason] += 1
+    return result

@@ -1,0 +1,229 @@
+"""What every recipe's loop shares, so that each algorithm file holds only its algorithm: start-up,
+the tokenizer and tokenized data, model + optimizer + LR schedule (from ``model.init`` or resumed),
+the per-step bookkeeping (throughput, metrics, stop requests, checkpoints) and the final export.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from tulu_mcore import runtime
+from tulu_mcore.checkpoint.dist import load_checkpoint
+from tulu_mcore.checkpoint.run import RunCheckpointer
+from tulu_mcore.config.compose import to_yaml
+from tulu_mcore.config.schema import RunConfig
+from tulu_mcore.data import cache
+from tulu_mcore.data.sources import env_cache_dir, source_specs
+from tulu_mcore.data.tokenizer import load_tokenizer, tokenizer_files
+from tulu_mcore.dtypes import TORCH_DTYPES
+from tulu_mcore.errors import UserError
+from tulu_mcore.metrics.flops import peak_flops, training_flops
+from tulu_mcore.metrics.logger import MetricsLogger
+from tulu_mcore.models.factory import build_model
+from tulu_mcore.training.init import load_init_weights, resolve_init, tokenizer_path
+from tulu_mcore.training.setup import build_optimizer, build_scheduler, recompute_overrides, wrap_for_training
+from tulu_mcore.training.state import StopRequest, rng_state, set_rng_state
+
+
+class TrainingRun:
+    def __init__(self, cfg: RunConfig, name: str):
+        from megatron.core import parallel_state as ps
+
+        self.cfg, self.name = cfg, name
+        self.run_dir = Path(cfg.run.dir)
+        self.init = resolve_init(cfg.model)
+        if self.init.arch is not None:
+            cfg.model.arch = self.init.arch  # the pretrained weights define the architecture
+        self.rt = runtime.setup(cfg)
+        self.layout, self.arch = self.rt.layout, cfg.model.arch
+        self.device = "cuda" if self.rt.device == "cuda" else "cpu"
+        self.tokenizer = load_tokenizer(tokenizer_path(cfg.model, self.init))
+        if len(self.tokenizer) > self.arch.vocab_size:
+            raise UserError(f"the tokenizer has {len(self.tokenizer)} tokens but the model's vocabulary is "
+                            f"{self.arch.vocab_size}: use the tokenizer that belongs to the model")
+        tok = self.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        lay = self.layout
+        # documents padded for CP's 2*CP chunks and, under SP, a row length divisible by TP
+        self.multiple = math.lcm(2 * lay.cp if lay.cp > 1 else 1, lay.tp if lay.sp else 1)
+        self.rows_multiple = lay.pp if lay.vpp > 1 else 1  # interleaving wants a multiple of PP rows
+        self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+        self.ckpts = RunCheckpointer(self.run_dir, cfg.train.keep_last)
+        self.latest = self.ckpts.latest()  # resuming: weights come from there, not from model.init
+
+    # ---------------------------------------------------------------------------------- helpers
+    def log(self, msg: str) -> None:
+        if self.rt.is_main:
+            print(f"[{self.name}] {msg}", flush=True)
+
+    @property
+    def trim_rows(self) -> bool:
+        """Rows as long as their content, except with interleaved pipelining: there megatron-core's
+        exchange of activation shapes between stages crashed (gloo, PP=2 with VPP), so rows keep the
+        fixed length the schedule then expects."""
+        return self.layout.vpp == 1
+
+    def pack_options(self) -> dict:
+        return dict(capacity=self.cfg.train.seq_length, multiple=self.multiple, pad_id=self.pad_id,
+                    rows_multiple=self.rows_multiple, trim=self.trim_rows, dp_rank=self.dp_rank,
+                    dp_size=self.dp_size)
+
+    def prepare_data(self, kind: str = "sft") -> cache.TokenizedData:
+        """Tokenized conversations (`kind="sft"`) or preference pairs (`"pairs"`, whose two sequences
+        share a row: each is limited to half a row unless data.max_seq_len says otherwise)."""
+        d, seq = self.cfg.data, self.cfg.train.seq_length
+        limit = d.max_seq_len or (seq // 2 if kind == "pairs" else seq)
+        return cache.prepare(source_specs(d.train), self.tokenizer,
+                             cache_dir=Path(d.cache_dir or env_cache_dir()),
+                             max_seq_len=limit, truncate=d.truncate,
+                             on_error=d.on_error, seed=d.seed, kind=kind, log=self.log)
+
+    # ---------------------------------------------------------------------------------- model
+    def build(self, total_steps: int, *, head: str = "lm", overrides: dict | None = None):
+        """Model chunks wrapped for training, the optimizer and the LR schedule; weights from
+        model.init unless a checkpoint of this run will be loaded by resume()."""
+        cfg, lay = self.cfg, self.layout
+        config_overrides = {"calculate_per_token_loss": True, **recompute_overrides(cfg.train.recompute)}
+        if lay.pp > 1 and self.trim_rows:
+            # rows vary in length: stages exchange shapes (megatron-core checks the MoE dispatcher
+            # even for dense models: name one that allows it)
+            config_overrides.update(variable_seq_lengths=True, moe_token_dispatcher_type="alltoall")
+        config_overrides.update(overrides or {})
+        self.config_overrides = config_overrides
+        chunks = build_model(self.arch, lay, cfg.precision, device=self.rt.device, attention=cfg.model.attention,
+                             init=self.init.kind == "none" and self.latest is None, head=head,
+                             config_overrides=config_overrides)
+        if self.latest is None:
+            load_init_weights(chunks, self.init, head=head)
+        self.head = head
+        self.model = wrap_for_training(chunks, cfg.precision, cfg.optim)
+        self.optimizer = build_optimizer(self.model, cfg.precision, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, total_steps)
+        self.total_steps = total_steps
+        return self.model, self.optimizer, self.scheduler
+
+    def build_reference(self) -> list:
+        """A frozen copy of the initial policy (for preference tuning): the policy's weights before
+        the first step, or, when resuming, those of model.init loaded afresh."""
+        from megatron.core.transformer.module import Float16Module
+
+        from tulu_mcore.models.factory import unwrap
+
+        cfg = self.cfg
+        chunks = build_model(self.arch, self.layout, cfg.precision, device=self.rt.device,
+                             attention=cfg.model.attention, init=False, head=self.head,
+                             config_overrides=self.config_overrides)
+        if self.latest is None:
+            for ref, policy in zip(chunks, self.model):
+                ref.load_state_dict(unwrap(policy).state_dict())
+        elif self.init.kind == "none":
+            raise UserError("the reference of a randomly initialised policy cannot be rebuilt once training "
+                            "has started: keep dpo.reference=cache (computed at the start), or set model.init")
+        else:
+            load_init_weights(chunks, self.init, head=self.head)
+        config = chunks[0].config
+        if config.bf16 or config.fp16:
+            chunks = [Float16Module(config, c) for c in chunks]
+        return chunks
+
+    def resume(self, data_key: str) -> int:
+        """Load the latest checkpoint of this run (if any); returns the step to start from."""
+        start = 0
+        if self.latest is not None:
+            state = load_checkpoint(self.model, self.latest, optimizer=self.optimizer)
+            common = state["common"]
+            if common["data_key"] != data_key:
+                raise UserError(f"{self.run_dir} was trained on other data (or another tokenizer or length "
+                                "limit); use a new run.dir, or the data it was started with")
+            start = int(common["step"])
+            self.scheduler.load_state_dict(common["scheduler"])
+            if state["per_rank"] is not None:
+                set_rng_state(state["per_rank"])
+            self.log(f"resumed from {self.latest} at step {start}" + ("" if state["per_rank"] else
+                     " (another world size: RNG streams restart; the data order does not depend on them)"))
+        self.data_key = data_key
+        self._start_loop(start)
+        return start
+
+    def _start_loop(self, start: int) -> None:
+        cfg = self.cfg
+        if self.rt.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            if self.init.kind != "none" and cfg.optim.lr > 1e-4:
+                self.log(f"warning: optim.lr={cfg.optim.lr:g} is a tiny demo's; pretrained Llamas train at "
+                         "~1e-7..1e-5 (the Tülu 3 numbers: the tulu3_* experiments)")
+        if start >= self.total_steps:
+            self.log(f"already trained {start} of {self.total_steps} steps; raise train.max_steps to continue")
+        self.start = start
+        self.metrics = MetricsLogger(self.run_dir, start_step=start, total_steps=self.total_steps,
+                                     tensorboard=cfg.metrics.tensorboard, progress=cfg.metrics.progress,
+                                     enabled=self.rt.is_main, name=self.name)
+        self.stop = StopRequest()
+        dev = torch.cuda.get_device_name() if self.device == "cuda" else ""
+        self.peak = peak_flops(dev, "fp8" if cfg.precision.fp8 else "bf16") if dev else None
+        self.t_start, self.first, self.last = time.time(), None, None
+
+    # ---------------------------------------------------------------------------------- per step
+    def throughput(self, rows, seconds: float, passes: float = 1.0) -> dict:
+        """Tokens, packing and model FLOPs of a step, all data-parallel ranks together (`passes` scales
+        the FLOPs, e.g. 4/3 for a reference forward beside the training step)."""
+        from megatron.core import parallel_state as ps
+
+        counts = torch.tensor([sum(r.real_tokens for r in rows), len(rows), sum(r.tokens.shape[1] for r in rows),
+                               training_flops(self.arch, [n for r in rows for n in r.seq_lens]) * passes],
+                              dtype=torch.float64, device=self.device)
+        dist.all_reduce(counts, group=ps.get_data_parallel_group())
+        tokens, n_rows, row_tokens, flops = counts.tolist()
+        tflops = flops / seconds / dist.get_world_size() / 1e12
+        return {"tokens": int(tokens), "microbatches": int(n_rows) // self.dp_size,
+                "packing_efficiency": tokens / row_tokens if row_tokens else 0.0, "step_time_s": seconds,
+                "tokens_per_s": tokens / seconds, "tflops_per_gpu": tflops,
+                "mfu": tflops * 1e12 / self.peak if self.peak else None}
+
+    def end_step(self, step: int, record: dict, cursor: dict | None = None) -> bool:
+        """Log the step, then checkpoint when due or asked to stop; True when the run must stop."""
+        self.metrics.log({"step": step, **record})
+        self.first = record["loss"] if self.first is None else self.first
+        self.last = record["loss"]
+        stopped = self.stop.requested(self.device)
+        if stopped or step == self.total_steps or step % self.cfg.train.save_interval == 0:
+            self.save(step, cursor)
+        if stopped:
+            self.log(f"stopping on {self.stop.name()} after step {step}: checkpoint saved; rerun the same "
+                     "command to resume")
+        self.stopped = stopped
+        return stopped
+
+    def save(self, step: int, cursor: dict | None = None) -> Path:
+        return self.ckpts.save(
+            step, self.model, optimizer=self.optimizer, per_rank=rng_state(),
+            arch=self.arch, dtype=TORCH_DTYPES[self.cfg.precision.params_dtype], hf_config=self.init.hf_config,
+            side_files=tokenizer_files(self.tokenizer), extra={"head": self.head},
+            common={"step": step, "scheduler": self.scheduler.state_dict(), "data_key": self.data_key,
+                    "cursor": cursor or {}},
+        )
+
+    # ---------------------------------------------------------------------------------- the end
+    def finish(self, step: int) -> dict:
+        self.metrics.close()
+        stopped = getattr(self, "stopped", False)
+        summary = {"steps": step, "total_steps": self.total_steps, "stopped": stopped,
+                   "run_dir": str(self.run_dir)}
+        latest = self.ckpts.latest()
+        if not stopped and step == self.total_steps and self.cfg.train.export_hf and latest is not None:
+            from tulu_mcore.convert.mcore_to_hf import convert_mcore_to_hf
+
+            out = convert_mcore_to_hf(str(latest), str(self.run_dir / "hf"), overwrite=True, progress=False)
+            summary["hf"] = str(out)
+            self.log(f"exported {out} (Hugging Face format)")
+        if step > self.start:
+            self.log(f"trained steps {self.start + 1}..{step} of {self.total_steps} in "
+                     f"{time.time() - self.t_start:.0f}s; loss {self.first:.4f} -> {self.last:.4f}")
+        runtime.teardown()
+        return summary
