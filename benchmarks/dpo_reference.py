@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 
-def run(mode: str, args, root: Path) -> dict:
+def run(mode: str, args, root: Path, i: int) -> dict:
     from tulu_mcore.metrics.logger import read_metrics
     from tulu_mcore.runtime.launch import torchrun
 
-    run_dir = root / mode
+    run_dir = root / f"{mode}{i}"  # a fresh run each time (the same run.dir would resume)
     overrides = ["recipe=dpo", f"model={args.model}", f"run.dir={run_dir}", f"data.cache_dir={root / 'data'}",
                  f"runtime.device={args.device}", f"train.max_steps={args.steps}", "train.export_hf=false",
                  "metrics.progress=false", f"dpo.reference={mode}", f"precision={args.precision}"]
@@ -41,10 +42,11 @@ def run(mode: str, args, root: Path) -> dict:
         raise SystemExit(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     wall = time.time() - t0
     steps = read_metrics(run_dir)
+    built = re.search(r"reference log-probs of [\d,]+ pairs in ([\d.]+)s", proc.stdout)
     times = [m["step_time_s"] for m in steps[1:]]
     return {"mode": mode, "median_step_s": statistics.median(times), "mean_step_s": statistics.fmean(times),
             "tokens_per_s": statistics.median(m["tokens_per_s"] for m in steps[1:]), "wall_s": wall,
-            "losses": [round(m["loss"], 6) for m in steps]}
+            "reference_pass_s": float(built.group(1)) if built else None, "losses": [round(m["loss"], 6) for m in steps]}
 
 
 def main() -> None:
@@ -61,9 +63,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         results = {"cache": [], "live": []}
-        for _ in range(args.repeat):
+        for i in range(args.repeat):
             for mode in ("cache", "live"):
-                results[mode].append(run(mode, args, root))
+                results[mode].append(run(mode, args, root, i))
     cache = statistics.median(r["median_step_s"] for r in results["cache"])
     live = statistics.median(r["median_step_s"] for r in results["live"])
     same = results["cache"][0]["losses"] == results["live"][0]["losses"]
