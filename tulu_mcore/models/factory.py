@@ -166,7 +166,7 @@ def build_model(
         # (RotaryEmbedding.forward is lru_cached).
         model.rotary_pos_emb.inv_freq = inv_freq.to(model.rotary_pos_emb.inv_freq.device)
         if head == "score":
-            attach_score_head(model, init=init)
+            attach_score_head(model)
         elif head != "lm":
             raise ValueError(f"unknown model head {head!r}")
         if device == "cuda":

@@ -14,15 +14,14 @@ SCORE_INIT_SEED = 4242
 
 
 class ScoreHead(torch.nn.Module):
-    def __init__(self, hidden_size: int, *, dtype: torch.dtype, device, sequence_parallel: bool,
-                 init: bool = True):
+    def __init__(self, hidden_size: int, *, dtype: torch.dtype, device, sequence_parallel: bool):
         super().__init__()
         self.sequence_parallel = sequence_parallel
+        # Always drawn (a [1, h] draw costs nothing): a reward model started from a language model
+        # loads every weight but this one. open-instruct's RM head init, std 1/sqrt(h+1); one seeded
+        # draw, identical at any layout.
         w = torch.empty(1, hidden_size, dtype=torch.float32)
-        if init:
-            # open-instruct's RM head init, std 1/sqrt(h+1); one seeded draw, identical at any layout
-            g = torch.Generator().manual_seed(SCORE_INIT_SEED)
-            w.normal_(0.0, (hidden_size + 1) ** -0.5, generator=g)
+        w.normal_(0.0, (hidden_size + 1) ** -0.5, generator=torch.Generator().manual_seed(SCORE_INIT_SEED))
         self.weight = torch.nn.Parameter(w.to(dtype=dtype, device=device))
 
     def forward(self, hidden: torch.Tensor, weight=None, runtime_gather_output=None):
@@ -34,7 +33,7 @@ class ScoreHead(torch.nn.Module):
         return torch.nn.functional.linear(hidden, self.weight), None
 
 
-def attach_score_head(model, *, init: bool = True) -> None:
+def attach_score_head(model) -> None:
     """Replace `model`'s output layer (on the last pipeline stage) by a ScoreHead."""
     if not model.post_process:
         return
@@ -42,7 +41,7 @@ def attach_score_head(model, *, init: bool = True) -> None:
     old = model.output_layer
     device = old.weight.device if getattr(old, "weight", None) is not None else "cpu"
     model.output_layer = ScoreHead(cfg.hidden_size, dtype=cfg.params_dtype, device=device,
-                                   sequence_parallel=cfg.sequence_parallel, init=init)
+                                   sequence_parallel=cfg.sequence_parallel)
 
 
 def head_of(model) -> str:
