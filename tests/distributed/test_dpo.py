@@ -85,3 +85,25 @@ def test_bad_pairs_counted_or_refused(tmp_path, data_cache):
     assert f"error: {path}:3: chosen and rejected responses are identical" in proc.stderr
     proc = train([*base, "data.on_error=skip"])
     assert "8 pairs (10 read; skipped: 1 identical chosen and rejected, 1 missing field" in proc.stdout
+
+
+@pytest.mark.parametrize("reference", ["cache", "live"])
+def test_resume_at_another_layout_continues_exactly(sft_hf, data_cache, tmp_path, reference):
+    """Resume from the step-2 checkpoint of a 4-step run (at TP2 instead of DP2): steps 3 and 4 repeat
+    the uninterrupted run's losses; a live reference is rebuilt from model.init, not from the trained
+    policy."""
+    run = tmp_path / "run"
+    args = dpo_args(run, data_cache, f"model.init={sft_hf}", "train.max_steps=4", "train.save_interval=2",
+                    "optim.lr=2e-3", f"dpo.reference={reference}")
+    train(args, nproc=2)
+    straight = {m["step"]: m["loss"] for m in metrics(run)}
+    ckpts = run / "checkpoints"
+    import shutil
+
+    shutil.rmtree(ckpts / "step_00000004")
+    (ckpts / "latest").write_text("step_00000002\n")
+    proc = train([*args, "parallel.tp=2"], nproc=2)
+    assert "resumed from" in proc.stdout and "step 2" in proc.stdout
+    resumed = {m["step"]: m["loss"] for m in metrics(run)}
+    for step in (3, 4):
+        assert abs(resumed[step] - straight[step]) <= 1e-5, (step, resumed, straight)
