@@ -195,3 +195,21 @@ def test_stale_cache_is_refused(tmp_path):
         ReferenceCache.locate(str(d), tmp_path, {**parts, "data": "xyz"})
     default = ReferenceCache.locate(None, tmp_path, other)
     assert default.parent == tmp_path and default.name == f"reference-{ReferenceCache.key_of(other)}"
+
+
+def test_data_inspect_shows_pairs(tmp_path):
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "p.jsonl", [{"chosen": PROMPT + [GOOD], "rejected": PROMPT + [BAD]}, BAD_ROWS[0]])
+    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.data", "inspect", "--tokenizer", str(TINY_TOKENIZER),
+                           "--data", path, "--pairs", "--on-error", "skip"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    rec = json.loads(line)
+    assert rec["origin"] == f"{path}:1" and "identical chosen and rejected" in proc.stderr
+    tok = load_tokenizer(TINY_TOKENIZER)
+    for side, answer in (("chosen", GOOD), ("rejected", BAD)):
+        enc = rec[side]
+        trained = [i for i, lab in zip(enc["input_ids"], enc["labels"]) if lab != -100]
+        assert tok.decode(trained) == answer["content"] + "<|end_of_text|>"
