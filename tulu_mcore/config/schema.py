@@ -139,6 +139,34 @@ class DpoConfig:
 
 
 @dataclass
+class LauncherConfig:
+    # tulu-launch only (tulu-train ignores this section): where and how the ranks start
+    name: str = "local"  # local: torchrun on this machine | slurm: an sbatch script, submitted
+    dry_run: bool = False  # slurm: print the script instead of submitting it
+    nodes: int = 1
+    ranks_per_node: int = 8  # one rank per GPU
+    gpus: bool = True  # request ranks_per_node GPUs per node (false on CPU-only partitions)
+    process_model: str = "srun_per_rank"  # srun_per_rank (one task per GPU) | torchrun_per_node
+    partition: str | None = None
+    account: str | None = None
+    time: str = "04:00:00"  # the job's time limit
+    job_name: str | None = None  # default tulu-<recipe>-<run dir name>; also the singleton chain's name
+    exclusive: bool = True
+    cpus_per_task: int | None = None
+    container_image: str | None = None  # pyxis/enroot: --container-image on srun
+    container_mounts: list = field(default_factory=list)  # "src:dst" entries
+    container_workdir: str | None = None
+    env_profile: str = "h100_ib"  # h100_ib (NCCL settings for H100 + InfiniBand) | none
+    env: dict = field(default_factory=dict)  # more variables for the job (site knobs: NCCL_IB_HCA, ...)
+    signal_seconds: int = 120  # SIGUSR1 this long before the time limit: checkpoint, then requeue
+    max_restarts: int = 3  # requeues after a time-limit warning, at most
+    singleton: bool = False  # --dependency=singleton: chain jobs of the same name, one at a time
+    sbatch_args: list = field(default_factory=list)  # extra #SBATCH lines, e.g. ["--mem=0", "--qos=high"]
+    python: str | None = None  # interpreter inside the job (default: the one running tulu-launch)
+    setup: list = field(default_factory=list)  # shell lines run first in the job (module load, venv, ...)
+
+
+@dataclass
 class RunSection:
     dir: str = "runs/default"  # checkpoints, metrics.jsonl, config.yaml, hf/; rerunning resumes here
 
@@ -165,6 +193,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     run: RunSection = field(default_factory=RunSection)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)

@@ -53,6 +53,8 @@ class TrainingRun:
         self.multiple = math.lcm(2 * lay.cp if lay.cp > 1 else 1, lay.tp if lay.sp else 1)
         self.rows_multiple = lay.pp if lay.vpp > 1 else 1  # interleaving wants a multiple of PP rows
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+        # from the start: a SIGUSR1 during start-up would otherwise kill the process (its default action)
+        self.stop = StopRequest()
         self.ckpts = RunCheckpointer(self.run_dir, cfg.train.keep_last)
         self.latest = self.ckpts.latest()  # resuming: weights come from there, not from model.init
 
@@ -164,7 +166,6 @@ class TrainingRun:
         self.metrics = MetricsLogger(self.run_dir, start_step=start, total_steps=self.total_steps,
                                      tensorboard=cfg.metrics.tensorboard, progress=cfg.metrics.progress,
                                      enabled=self.rt.is_main, name=self.name)
-        self.stop = StopRequest()
         dev = torch.cuda.get_device_name() if self.device == "cuda" else ""
         self.peak = peak_flops(dev, "fp8" if cfg.precision.fp8 else "bf16") if dev else None
         self.t_start, self.first, self.last = time.time(), None, None

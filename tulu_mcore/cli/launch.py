@@ -1,0 +1,99 @@
+"""``tulu-launch``: start a ``tulu-train`` run here (torchrun) or as a Slurm batch job.
+
+    tulu-launch recipe=sft launcher.ranks_per_node=2                      # torchrun on this machine
+    tulu-launch experiment=tulu3_8b_sft launcher=slurm launcher.partition=batch launcher.account=proj
+    tulu-launch experiment=tulu3_405b_sft launcher=slurm launcher.nodes=32 launcher.dry_run=true
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from tulu_mcore.errors import UserError, cli_errors
+
+USAGE = """\
+usage: tulu-launch [GROUP=OPTION ...] [KEY=VALUE ...]
+
+Takes tulu-train's overrides plus the launcher section. The config is composed and the layout checked
+for launcher.nodes x launcher.ranks_per_node ranks before anything starts or is submitted.
+
+  launcher=local     torchrun with launcher.ranks_per_node ranks on this machine (one node)
+  launcher=slurm     writes run.dir/job.sbatch and submits it with sbatch; prints the job id
+                     (launcher.dry_run=true: prints the script, submits nothing)
+
+launcher keys (all in conf/config.yaml): nodes, ranks_per_node (one per GPU), gpus, process_model
+(srun_per_rank | torchrun_per_node), partition, account, time, job_name, exclusive, cpus_per_task,
+container_image, container_mounts, container_workdir (pyxis), env_profile (h100_ib | none), env,
+signal_seconds (SIGUSR1 before the limit: checkpoint + requeue), max_restarts, singleton, sbatch_args,
+python, setup. Logs: run.dir/logs/slurm-<job id>.out, appended across restarts.
+"""
+
+
+def train_overrides(argv: list[str], run_dir: Path) -> list[str]:
+    """The overrides tulu-train gets: the user's, without the launcher's, with run.dir made absolute."""
+    def key(a: str) -> str:
+        return a.lstrip("+~").split("=", 1)[0]
+
+    out = [a for a in argv if not (key(a) == "launcher" or key(a).startswith("launcher.") or key(a) == "run.dir")]
+    return out + [f"run.dir={run_dir}"]
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
+    bad = [a for a in argv if a.startswith("-")]
+    if bad:
+        raise UserError(f"unknown option {bad[0]}: tulu-launch takes KEY=VALUE overrides (see --help)")
+    from tulu_mcore.config.compose import compose
+    from tulu_mcore.config.validate import validate
+    from tulu_mcore.runtime.logs import quiet_known_warnings
+
+    quiet_known_warnings()
+    cfg = compose(argv)
+    lc = cfg.launcher
+    if cfg.recipe.name == "none":
+        raise UserError("recipe=none: choose a recipe to train: recipe=sft, recipe=dpo or recipe=rm")
+    run_dir = Path(cfg.run.dir).absolute()
+    cfg.run.dir = str(run_dir)
+    world = lc.nodes * lc.ranks_per_node
+    if lc.name == "local":
+        if lc.nodes != 1:
+            raise UserError(f"launcher=local runs on this machine: launcher.nodes={lc.nodes} needs launcher=slurm")
+        import torch
+
+        device = cfg.runtime.device if cfg.runtime.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        validate(cfg, world, device=device)
+        from tulu_mcore.runtime.launch import torchrun
+
+        proc = torchrun("tulu_mcore.cli.train", train_overrides(argv, run_dir), nproc=lc.ranks_per_node)
+        raise SystemExit(proc.returncode)
+    if lc.name != "slurm":
+        raise UserError(f"launcher={lc.name}: choose launcher=local or launcher=slurm")
+    # the job's nodes are not this one: GPUs (and Transformer Engine in their image) are assumed there
+    device = "cuda" if lc.gpus else "cpu"
+    validate(cfg, world, device=device if cfg.runtime.device == "auto" else cfg.runtime.device,
+             have_te=True if device == "cuda" else None)
+    from tulu_mcore.launch.slurm import job_name, render_sbatch, submit
+
+    script = render_sbatch(cfg, train_overrides(argv, run_dir), workdir=str(Path.cwd()),
+                           python=lc.python or ("python" if lc.container_image else sys.executable),
+                           command_line=" ".join(shlex.quote(a) for a in argv))
+    if lc.dry_run:
+        print(script, end="")
+        return
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    path = run_dir / "job.sbatch"
+    path.write_text(script)
+    job = submit(path)
+    print(f"submitted job {job} ({job_name(cfg)}, {lc.nodes} node(s) x {lc.ranks_per_node} ranks): {path}")
+    print(f"log: {run_dir / 'logs' / f'slurm-{job}.out'}")
+    print(job)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The Slurm batch script ``tulu-launch launcher=slurm`` writes, and its submission.
+
+The script is what one would write by hand for a Megatron job on H100 nodes: an ``#SBATCH`` header
+(nodes, ranks and GPUs per node, partition, account, time, logs appended across restarts, the
+time-limit warning, requeue, optional singleton chain), the NCCL environment, the master address from
+the allocation and a port from the job id, then one ``srun``: a task per GPU running ``tulu-train``
+(megatron-core reads the ranks from Slurm's variables), or a ``torchrun`` per node. Container flags
+(pyxis) go on ``srun``, never on ``#SBATCH``.
+
+Preemption and time limits: Slurm sends SIGUSR1 to the batch shell ``launcher.signal_seconds`` before
+the limit. The script passes it to the trainers, which finish their step, checkpoint and exit 0; then
+it requeues the job (up to ``launcher.max_restarts`` times), which resumes from that checkpoint: the
+data order is a function of the step, so nothing is repeated or skipped. SIGTERM (preemption,
+``scancel``) reaches the trainers from Slurm directly: they checkpoint and exit; the script does not
+requeue then (a preempting cluster requeues by itself).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from tulu_mcore.config.schema import LauncherConfig, RunConfig
+from tulu_mcore.errors import UserError
+
+# Settings the H100 + InfiniBand stacks (Megatron-LM, Megatron-Bridge, NeMo) set for training; fabric
+# specifics (NCCL_IB_HCA, NCCL_SOCKET_IFNAME, NCCL_IB_GID_INDEX on RoCE) belong in launcher.env.
+ENV_PROFILES: dict[str, dict[str, str]] = {
+    "none": {},
+    "h100_ib": {
+        "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+        "NCCL_NVLS_ENABLE": "0",
+        "NCCL_IB_TIMEOUT": "19",
+        "NCCL_IB_QPS_PER_CONNECTION": "4",
+        "NCCL_P2P_NET_CHUNKSIZE": "2097152",
+        "NCCL_DEBUG": "WARN",
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+        # UCX is used only by UCC/NIXL transports (not by NCCL collectives)
+        "UCX_TLS": "rc,cuda_copy,cuda_ipc,self,sm",
+        "UCX_MEMTYPE_CACHE": "n",
+        "UCX_WARN_UNUSED_ENV_VARS": "n",
+    },
+}
+PROCESS_MODELS = ("srun_per_rank", "torchrun_per_node")
+TRAIN_MODULE = "tulu_mcore.cli.train"
+
+
+def check(lc: LauncherConfig) -> None:
+    problems = []
+    if lc.process_model not in PROCESS_MODELS:
+        problems.append(f"launcher.process_model={lc.process_model!r}: choose {' or '.join(PROCESS_MODELS)}")
+    if lc.env_profile not in ENV_PROFILES:
+        problems.append(f"launcher.env_profile={lc.env_profile!r}: choose one of {sorted(ENV_PROFILES)}")
+    if lc.nodes < 1 or lc.ranks_per_node < 1:
+        problems.append("launcher.nodes and launcher.ranks_per_node must be >= 1")
+    if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", str(lc.time)):
+        problems.append(f"launcher.time={lc.time!r}: use Slurm's format, e.g. 04:00:00 or 2-00:00:00")
+    if lc.signal_seconds < 60:
+        problems.append(f"launcher.signal_seconds={lc.signal_seconds}: Slurm may signal up to 60 s early; use >= 60 "
+                        "(and enough to save a checkpoint)")
+    if problems:
+        raise UserError("\n".join(problems))
+
+
+def job_name(cfg: RunConfig) -> str:
+    return cfg.launcher.job_name or f"tulu-{cfg.recipe.name}-{Path(cfg.run.dir).name}"
+
+
+def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str, python: str,
+                  command_line: str = "") -> str:
+    """The batch script for `cfg.launcher`, running ``tulu-train`` with `train_args` in `workdir`."""
+    lc = cfg.launcher
+    check(lc)
+    run_dir = Path(cfg.run.dir)
+    per_node = lc.ranks_per_node if lc.process_model == "srun_per_rank" else 1
+    q = shlex.quote
+    h = ["#!/bin/bash"]
+    if command_line:
+        h.append(f"# tulu-launch {command_line}")
+    h.append("# written by tulu-launch; to change it, rerun tulu-launch (launcher.dry_run=true prints it)")
+    opts = [f"--job-name={job_name(cfg)}", f"--nodes={lc.nodes}", f"--ntasks-per-node={per_node}"]
+    if lc.gpus:
+        opts.append(f"--gpus-per-node={lc.ranks_per_node}")
+    if lc.cpus_per_task:
+        opts.append(f"--cpus-per-task={lc.cpus_per_task}")
+    if lc.partition:
+        opts.append(f"--partition={lc.partition}")
+    if lc.account:
+        opts.append(f"--account={lc.account}")
+    opts.append(f"--time={lc.time}")
+    if lc.exclusive:
+        opts.append("--exclusive")
+    opts += [f"--output={run_dir / 'logs' / 'slurm-%j.out'}", "--open-mode=append",
+             f"--signal=B:USR1@{lc.signal_seconds}", "--requeue"]
+    if lc.singleton:
+        opts.append("--dependency=singleton")
+    opts += list(lc.sbatch_args)
+    h += [f"#SBATCH {o}" for o in opts]
+    body = ["", "set -uo pipefail", f"cd {q(workdir)}"]
+    body += list(lc.setup)
+    env = {**ENV_PROFILES[lc.env_profile], **{str(k): str(v) for k, v in lc.env.items()}}
+    body += [f"export {k}={q(v)}" for k, v in env.items()]
+    body += [
+        'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
+        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        "RESTART=${SLURM_RESTART_COUNT:-0}",
+        'echo "[tulu-launch] job $SLURM_JOB_ID restart $RESTART on $SLURM_JOB_NODELIST ($(date -Is))"',
+        "",
+        "# SIGUSR1 before the time limit: the trainers checkpoint and exit, then the job requeues itself",
+        "REQUEUE=0",
+        "on_usr1() {",
+        '  REQUEUE=1; echo "[tulu-launch] time-limit warning: checkpointing"',
+    ]
+    if lc.process_model == "srun_per_rank":
+        body.append('  kill -USR1 "$STEP" 2>/dev/null  # srun passes it to every task')
+    else:  # torchrun would die of SIGUSR1: signal its workers (started as `python -u -m ...`) directly
+        body.append(f"  srun --overlap --nodes=$SLURM_NNODES --ntasks-per-node=1 pkill -USR1 -f -- "
+                    f"'-u -m {TRAIN_MODULE}'")
+    body += ["}", "trap on_usr1 USR1", ""]
+    srun = ["srun", "--kill-on-bad-exit=1", "--wait=60"]
+    if lc.process_model == "torchrun_per_node":
+        srun += ["--ntasks-per-node=1"]
+    if lc.container_image:
+        srun.append(f"--container-image={q(lc.container_image)}")
+        if lc.container_mounts:
+            srun.append(f"--container-mounts={q(','.join(lc.container_mounts))}")
+        srun.append(f"--container-workdir={q(lc.container_workdir or workdir)}")
+    if lc.process_model == "srun_per_rank":
+        cmd = [q(python), "-m", TRAIN_MODULE]
+    else:
+        cmd = [q(python), "-m", "torch.distributed.run", "--nnodes=$SLURM_NNODES",
+               f"--nproc-per-node={lc.ranks_per_node}", "--rdzv-backend=c10d",
+               '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"', '--rdzv-id="$SLURM_JOB_ID"', "-m", TRAIN_MODULE]
+    args = [q(a) for a in train_args]
+    body.append(" \\\n    ".join([" ".join(srun), " ".join(cmd), *_wrap(args)]) + " &")
+    body += [
+        "STEP=$!",
+        "# wait returns early when a trapped signal arrives: wait again until the step has ended",
+        'while wait "$STEP"; RC=$?; kill -0 "$STEP" 2>/dev/null; do :; done',
+        'if [ "$REQUEUE" = 1 ] && [ "$RC" = 0 ]; then',
+        f'  if [ "$RESTART" -lt {lc.max_restarts} ]; then',
+        '    echo "[tulu-launch] requeueing job $SLURM_JOB_ID (restart $((RESTART + 1)))"',
+        '    scontrol requeue "$SLURM_JOB_ID"',
+        "  else",
+        f'    echo "[tulu-launch] not requeued: launcher.max_restarts={lc.max_restarts} reached"',
+        "  fi",
+        "fi",
+        'exit "$RC"',
+    ]
+    return "\n".join(h + body) + "\n"
+
+
+def _wrap(args: list[str], width: int = 100) -> list[str]:
+    """Arguments joined into lines of about `width` characters."""
+    lines, cur = [], ""
+    for a in args:
+        if cur and len(cur) + 1 + len(a) > width:
+            lines.append(cur)
+            cur = a
+        else:
+            cur = f"{cur} {a}" if cur else a
+    return lines + ([cur] if cur else [])
+
+
+def submit(script: Path) -> str:
+    """sbatch the script; the job id. Clear errors for a missing sbatch or an unreachable controller."""
+    sbatch = shutil.which("sbatch")
+    if sbatch is None:
+        raise UserError("sbatch is not on PATH: run tulu-launch launcher=slurm on a Slurm login node (or with "
+                        "the Slurm client installed), or use launcher.dry_run=true to see the script")
+    try:
+        proc = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise UserError("sbatch did not answer in 120 s: is the Slurm controller reachable?") from None
+    if proc.returncode != 0:
+        msg = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise UserError(f"sbatch {script} failed: {msg[-1] if msg else f'exit {proc.returncode}'}")
+    return proc.stdout.strip().split(";")[0]
