@@ -75,9 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     if lc.name != "slurm":
         raise UserError(f"launcher={lc.name}: choose launcher=local or launcher=slurm")
     # the job's nodes are not this one: GPUs (and Transformer Engine in their image) are assumed there
-    device = "cuda" if lc.gpus else "cpu"
-    validate(cfg, world, device=device if cfg.runtime.device == "auto" else cfg.runtime.device,
-             have_te=True if device == "cuda" else None)
+    if lc.gpus:
+        from tulu_mcore.cli.plan import plan_for
+
+        cfg.plan.gpus = world
+        plan = plan_for(cfg)  # the layout checks, then memory: refuse before anything is submitted
+        if not plan.fits:
+            raise UserError(f"tulu-plan: this run needs {plan.peak_gib:.1f} GiB per GPU, more than "
+                            f"plan.gpu_memory_gib={plan.capacity_gib:g}; " + "; ".join(plan.advice[:-1])
+                            + " (details: tulu-plan with the same overrides)")
+    else:
+        validate(cfg, world, device="cpu")
     from tulu_mcore.launch.slurm import job_name, render_sbatch, submit
 
     script = render_sbatch(cfg, train_overrides(argv, run_dir), workdir=str(Path.cwd()),

@@ -167,6 +167,16 @@ class LauncherConfig:
 
 
 @dataclass
+class PlanConfig:
+    # tulu-plan (and tulu-launch's check before submitting)
+    gpus: int | None = None  # default launcher.nodes x launcher.ranks_per_node
+    gpu_memory_gib: float = 80.0  # H100 80GB
+    mfu: float = 0.40  # the model-FLOPs utilisation the step time is stated at
+    tokens_per_sequence: int | None = None  # average sequence length for FLOPs (default data.max_seq_len or
+    # train.seq_length: an upper bound for packed data)
+
+
+@dataclass
 class RunSection:
     dir: str = "runs/default"  # checkpoints, metrics.jsonl, config.yaml, hf/; rerunning resumes here
 
@@ -194,6 +204,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     run: RunSection = field(default_factory=RunSection)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)

@@ -1,0 +1,61 @@
+"""``tulu-plan``: will a configuration fit, and how fast should it run, before any GPU is allocated.
+
+    tulu-plan experiment=tulu3_405b_sft
+    tulu-plan experiment=tulu3_8b_sft parallel.tp=1 train.recompute=none plan.gpus=8
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tulu_mcore.errors import UserError, cli_errors
+
+USAGE = """\
+usage: tulu-plan [GROUP=OPTION ...] [KEY=VALUE ...]
+
+Takes tulu-train's overrides. Prints the parameters (total and on the most loaded GPU), the layout and
+every divisibility check, memory per GPU (weights, gradients, optimizer states under the distributed
+optimizer, activations with the chosen recompute, logits, framework reserve), FLOPs per step and the
+step time at plan.mfu, and the pipeline bubble. The last two lines:
+
+  params_total=<int>
+  fits=true|false peak_gib=<float> gpus=<int>
+
+Exit code 0 when it fits plan.gpu_memory_gib (default 80, an H100), 1 when it does not (with what to
+change), 2 for an impossible layout. GPUs: plan.gpus, default launcher.nodes x launcher.ranks_per_node
+(the experiments set the count they are sized for).
+"""
+
+
+def plan_for(cfg, device: str = "cuda"):
+    """The plan of `cfg` on its GPU count (ConfigError for an impossible layout)."""
+    from tulu_mcore.config.validate import validate
+    from tulu_mcore.plan import estimate
+
+    gpus = cfg.plan.gpus or cfg.launcher.nodes * cfg.launcher.ranks_per_node
+    lay = validate(cfg, gpus, device=device, have_te=True if device == "cuda" else None)
+    return estimate(cfg, lay, device=device, capacity_gib=cfg.plan.gpu_memory_gib, mfu=cfg.plan.mfu,
+                    tokens_per_sequence=cfg.plan.tokens_per_sequence)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
+    bad = [a for a in argv if a.startswith("-")]
+    if bad:
+        raise UserError(f"unknown option {bad[0]}: tulu-plan takes KEY=VALUE overrides (see --help)")
+    from tulu_mcore.config.compose import compose
+    from tulu_mcore.plan import report
+
+    cfg = compose(argv)
+    plan = plan_for(cfg)
+    print(report(plan, cfg))
+    if not plan.fits:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

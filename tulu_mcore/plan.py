@@ -1,0 +1,212 @@
+"""Capacity planning before any GPU is allocated: parameters, memory per GPU, FLOPs and step time.
+
+Memory per GPU is counted for the most loaded pipeline stage (the first, which also holds the
+embedding and the most micro-batches in flight; the last when it holds more) as:
+
+* **weights**: the stage's parameters (TP-split matrices, replicated norms) in ``params_dtype``;
+* **gradients**: megatron's contiguous gradient buffer, fp32 with ``grad_reduce_in_fp32``;
+* **optimizer**: fp32 main weights (unless the weights are fp32 already) and Adam's two moments, sharded
+  over DP x CP by the distributed optimizer (whole otherwise);
+* **activations**: what one Llama layer keeps per token for its backward, written out below (divided by
+  TP where TP splits it: everything under sequence parallelism, the matmul-internal parts otherwise),
+  times the layers of the stage, times the micro-batches in flight on it (1F1B: PP; interleaved:
+  ``(2(PP-1) + (VPP-1)PP + 1) / VPP`` stage-equivalents), for rows of ``train.seq_length / CP`` tokens;
+  with ``train.recompute=full`` a layer keeps only its input, plus one layer's activations while it is
+  recomputed;
+* **logits**: the last stage's vocab-parallel cross entropy on one micro-batch (bf16 logits, their fp32
+  copy and the fp32 softmax kept for the backward);
+* **framework**: CUDA context, NCCL and allocator reserve on a GPU (none on CPU).
+
+FLOPs use Megatron's causal formula (:mod:`tulu_mcore.metrics.flops`); the step time is the step's
+FLOPs at the stated MFU, the bubble that of the pipeline schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tulu_mcore.config.schema import RunConfig
+from tulu_mcore.config.validate import Layout
+from tulu_mcore.metrics.flops import PEAK_FLOPS, flops_per_token
+from tulu_mcore.models.llama.arch import LlamaArch
+
+GIB = 1 << 30
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+FRAMEWORK_GIB = {"cuda": 4.0, "cpu": 0.0}  # CUDA context + NCCL buffers + allocator reserve
+
+
+@dataclass
+class Plan:
+    gpus: int
+    layout: Layout
+    params_total: int
+    params_per_gpu: int
+    memory: dict[str, float] = field(default_factory=dict)  # GiB per GPU, by kind
+    capacity_gib: float = 80.0
+    tokens_per_step: int = 0
+    flops_per_step: float = 0.0
+    step_time_s: float = 0.0
+    mfu: float = 0.4
+    bubble: float = 0.0
+    advice: list[str] = field(default_factory=list)
+
+    @property
+    def peak_gib(self) -> float:
+        return sum(self.memory.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_gib <= self.capacity_gib
+
+
+def layer_params(arch: LlamaArch, tp: int) -> int:
+    """One decoder layer's parameters on one TP rank (norms whole on every rank)."""
+    h, f = arch.hidden_size, arch.intermediate_size
+    q, kv = arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
+    return (h * (q + 2 * kv) + q * h + 3 * h * f) // tp + 2 * h
+
+
+def stage_params(arch: LlamaArch, lay: Layout, head: str = "lm") -> list[int]:
+    """Parameters held by each pipeline rank (all its virtual stages), per TP rank."""
+    h, v = arch.hidden_size, arch.vocab_size
+    per = [0] * lay.pp
+    for seg, n in enumerate(lay.segments):
+        per[seg % lay.pp] += n * layer_params(arch, lay.tp)
+    per[0] += v * h // lay.tp  # embedding
+    out = h if head == "score" else v * h // lay.tp
+    if head == "score" or not arch.tie_word_embeddings or lay.pp > 1:  # tied + PP: the last stage keeps a copy
+        per[-1] += out
+    per[-1] += h  # final norm
+    return per
+
+
+def activation_bytes_per_token(arch: LlamaArch, lay: Layout, act_bytes: int, recompute: str,
+                               fused_swiglu: bool = True) -> tuple[float, float]:
+    """(bytes one layer keeps per token of a micro-batch for its backward, bytes of one layer's full
+    activations per token) on one GPU. `fused_swiglu`: the GPU's fused kernel keeps only its input;
+    unfused (CPU), SiLU's output is kept too."""
+    h, f = arch.hidden_size, arch.intermediate_size
+    q, kv = arch.num_attention_heads * arch.head_dim, arch.num_key_value_heads * arch.head_dim
+    t = lay.tp
+    sp = lay.sp
+    # sequence-wide tensors: norm inputs and the matmul inputs saved in their sequence-split form under
+    # SP (megatron re-gathers them in the backward); whole on every TP rank without SP
+    seq_wide = 4 * h  # attention norm in, QKV matmul in, MLP norm in, fc1 in
+    split = ((q + 2 * kv)  # fused QKV output (V and the pre-RoPE Q, K stay referenced)
+             + (q + kv)  # Q, K after RoPE (the core attention's inputs)
+             + q  # core attention output (the projection's input)
+             + 3 * f  # fc1 output (gate and up, for SwiGLU's backward) and SwiGLU output (fc2's input)
+             + (0 if fused_swiglu else f))  # unfused: SiLU(gate), a factor of the product
+    full = (seq_wide / t if sp else seq_wide) + split / t
+    full *= act_bytes
+    full += 4 * arch.num_attention_heads / t  # attention softmax statistics (fp32 per head)
+    if recompute == "full":
+        kept = h * act_bytes / (t if sp else 1)  # the layer's input
+    elif recompute == "selective":  # core attention recomputed: its output is not kept
+        kept = full - q * act_bytes / t
+    else:
+        kept = full
+    return kept, full
+
+
+def in_flight(lay: Layout) -> float:
+    """Micro-batches' worth of a whole stage's activations held at once on the first pipeline rank."""
+    p, v, m = lay.pp, lay.vpp, lay.num_microbatches
+    if p == 1:
+        return 1.0
+    if v == 1:
+        return float(min(p, m))
+    return (2 * (p - 1) + (v - 1) * p + 1) / v
+
+
+def bubble(lay: Layout) -> float:
+    """Idle share of a pipeline step: (p - 1) / (v m + p - 1)."""
+    p, v, m = lay.pp, lay.vpp, max(lay.num_microbatches, 1)
+    return (p - 1) / (v * m + p - 1) if p > 1 else 0.0
+
+
+def estimate(cfg: RunConfig, lay: Layout, *, device: str = "cuda", capacity_gib: float = 80.0, mfu: float = 0.4,
+             tokens_per_sequence: int | None = None) -> Plan:
+    arch, t = cfg.model.arch, cfg.train
+    head = "score" if cfg.recipe.name == "rm" else "lm"
+    pbytes = DTYPE_BYTES[cfg.precision.params_dtype]
+    act_bytes = pbytes
+    per_stage = stage_params(arch, lay, head)
+    total = arch.num_params
+    if head == "score":  # the [1, h] head instead of the output layer
+        total += arch.hidden_size - (0 if arch.tie_word_embeddings else arch.vocab_size * arch.hidden_size)
+    tokens = t.seq_length // lay.cp  # one micro-batch row on this rank
+    kept, full = activation_bytes_per_token(arch, lay, act_bytes, t.recompute, fused_swiglu=device == "cuda")
+    layers_per_rank = [0] * lay.pp
+    for seg, n in enumerate(lay.segments):
+        layers_per_rank[seg % lay.pp] += n
+    grad_bytes = 4 if cfg.precision.grad_reduce_in_fp32 else pbytes
+    opt_bytes = (0 if pbytes == 4 else 4) + 8
+    shards = lay.dp * lay.cp if cfg.optim.distributed else 1
+    best = None
+    for rank in range(lay.pp):
+        flight = in_flight(lay) if rank == 0 else max(1.0, in_flight(lay) * (lay.pp - rank) / lay.pp)
+        act = layers_per_rank[rank] * tokens * kept * flight
+        if t.recompute == "full":
+            act += tokens * full  # one layer recomputed at a time
+        mem = {
+            "weights": per_stage[rank] * pbytes / GIB,
+            "gradients": per_stage[rank] * grad_bytes / GIB,
+            "optimizer": per_stage[rank] * opt_bytes / shards / GIB,
+            "activations": act / GIB,
+            "logits": (tokens * (arch.vocab_size // lay.tp) * (pbytes + 8) / GIB
+                       if rank == lay.pp - 1 and head == "lm" else 0.0),
+            "framework": FRAMEWORK_GIB[device],
+        }
+        if best is None or sum(mem.values()) > sum(best[1].values()):
+            best = (rank, mem)
+    rank, mem = best
+    seq = tokens_per_sequence or cfg.data.max_seq_len or t.seq_length
+    pairs = cfg.recipe.name in ("dpo", "rm")
+    step_tokens = t.global_batch_size * seq * (2 if pairs else 1)
+    passes = 4 / 3 if cfg.recipe.name == "dpo" and cfg.dpo.reference == "live" else 1.0
+    flops = flops_per_token(arch, seq) * step_tokens * passes
+    peak = PEAK_FLOPS[("H100", "fp8" if cfg.precision.fp8 else "bf16")]
+    plan = Plan(gpus=lay.world_size, layout=lay, params_total=total, params_per_gpu=per_stage[rank],
+                memory=mem, capacity_gib=capacity_gib, tokens_per_step=step_tokens, flops_per_step=flops,
+                step_time_s=flops / (lay.world_size * peak * mfu), mfu=mfu, bubble=bubble(lay))
+    if not plan.fits:
+        plan.advice = advice(cfg, lay, mem, capacity_gib)
+    return plan
+
+
+def advice(cfg: RunConfig, lay: Layout, mem: dict[str, float], capacity: float) -> list[str]:
+    """What would bring the peak under the capacity, largest term first."""
+    tips = []
+    order = sorted(mem.items(), key=lambda kv: -kv[1])
+    for kind, gib in order:
+        if kind == "activations" and cfg.train.recompute != "full":
+            tips.append(f"activations {gib:.1f} GiB: train.recompute=full, or a shorter train.seq_length, or "
+                        "context parallelism (parallel.cp)")
+        elif kind in ("weights", "gradients"):
+            tips.append(f"{kind} {gib:.1f} GiB: more tensor or pipeline parallelism (parallel.tp / parallel.pp)")
+        elif kind == "optimizer":
+            tips.append(f"optimizer {gib:.1f} GiB: " + ("more data-parallel ranks (more GPUs)" if cfg.optim.distributed
+                                                         else "optim.distributed=true (shards it over DP)"))
+        elif kind == "logits" and gib > 1:
+            tips.append(f"logits {gib:.1f} GiB: more tensor parallelism or a shorter train.seq_length")
+    tips.append(f"the peak must fit {capacity:g} GiB (plan.gpu_memory_gib)")
+    return tips
+
+
+def report(plan: Plan, cfg: RunConfig) -> str:
+    lay = plan.layout
+    lines = [
+        f"model {cfg.model.name}: {plan.params_total:,} parameters; {plan.params_per_gpu:,} on the most loaded GPU",
+        f"layout: {plan.gpus} GPUs = TP{lay.tp} x PP{lay.pp}" + (f" (VPP{lay.vpp})" if lay.vpp > 1 else "")
+        + f" x CP{lay.cp} x DP{lay.dp}" + (", sequence parallel" if lay.sp else "")
+        + f"; {lay.num_microbatches} micro-batch(es) per step per DP rank, pipeline bubble {plan.bubble:.1%}",
+        "memory per GPU (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in plan.memory.items())
+        + f"; peak {plan.peak_gib:.2f} of {plan.capacity_gib:g}",
+        f"step: {plan.tokens_per_step:,} tokens, {plan.flops_per_step / 1e15:.1f} PFLOP; "
+        f"{plan.step_time_s:.2f} s at {plan.mfu:.0%} MFU",
+    ]
+    lines += [f"to fit: {a}" for a in plan.advice]
+    lines.append(f"params_total={plan.params_total}")
+    lines.append(f"fits={'true' if plan.fits else 'false'} peak_gib={plan.peak_gib:.2f} gpus={plan.gpus}")
+    return "\n".join(lines)
