@@ -103,3 +103,27 @@ def test_unreachable_controller_is_one_clear_message(slurm, tmp_path):
     proc = launch(["recipe=sft", "launcher=slurm", "launcher.gpus=false", f"run.dir={tmp_path / 'run'}"], env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: sbatch" in proc.stderr and "failed" in proc.stderr, proc.stderr
+
+
+def test_torchrun_per_node_job_runs(slurm, data_cache, tmp_path):
+    run = tmp_path / "run"
+    job = submit(slurm, sft_job(run, data_cache, "launcher.process_model=torchrun_per_node", "train.max_steps=3"))
+    info = slurm.wait(job)
+    log = (run / "logs" / f"slurm-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED", (info, log[-3000:])
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
+
+
+def test_dry_run_prints_and_submits_nothing(tmp_path):
+    proc = launch(["recipe=sft", "launcher=slurm", "launcher.dry_run=true", "launcher.gpus=false",
+                   f"run.dir={tmp_path / 'run'}"], env={**os.environ, "PATH": os.path.dirname(sys.executable)})
+    assert proc.returncode == 0 and proc.stdout.startswith("#!/bin/bash") and "#SBATCH --nodes=1" in proc.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_local_launcher_runs_torchrun(data_cache, tmp_path):
+    run = tmp_path / "run"
+    proc = launch(["recipe=sft", "launcher.ranks_per_node=2", "runtime.device=cpu", "metrics.progress=false",
+                   f"run.dir={run}", f"data.cache_dir={data_cache}", "train.max_steps=2", "train.export_hf=false"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [m["step"] for m in metrics(run)] == [1, 2]

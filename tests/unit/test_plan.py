@@ -53,10 +53,19 @@ def plan_cli(*args):
     return subprocess.run([sys.executable, "-m", "tulu_mcore.cli.plan", *args], capture_output=True, text=True, cwd=ROOT)
 
 
-@pytest.mark.parametrize("experiment,gpus", [
-    ("tulu3_8b_sft", 8), ("tulu3_70b_sft", 64), ("tulu3_405b_sft", 256), ("tulu3_8b_dpo", 8),
-    ("tulu3_70b_dpo", 64), ("tulu3_405b_dpo", 256), ("tulu3_8b_rm", 8)])
-def test_golden_experiments_fit_their_gpus(experiment, gpus):
+STATED_GPUS = {"8b": 8, "70b": 64, "405b": 256}  # the H100 counts the experiments' comments state
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("tulu3_*.yaml"))
+
+
+def test_every_experiment_is_planned():
+    assert {"tulu3_8b_sft", "tulu3_70b_sft", "tulu3_405b_sft", "tulu3_8b_dpo", "tulu3_70b_dpo", "tulu3_405b_dpo",
+            "tulu3_8b_rm"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_golden_experiments_fit_their_gpus(experiment):
+    gpus = STATED_GPUS[experiment.split("_")[1]]
+    assert f"{gpus} H100" in (ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text()
     proc = plan_cli(f"experiment={experiment}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     *_, params, last = proc.stdout.strip().splitlines()
