@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from collections import Counter
 
-from tulu_mcore.data.sources import SourceSpec, Problem, _records
+from tulu_mcore.data.sources import SourceSpec, load_items
 from tulu_mcore.data.template import ConversationError, check_messages
-from tulu_mcore.errors import UserError
 
 
 def _as_messages(value, role: str) -> list[dict]:
@@ -67,27 +66,5 @@ class LoadedPairs:
 
 
 def load_pairs(specs: list[SourceSpec], *, on_error: str, seed: int) -> LoadedPairs:
-    import random
-
-    if on_error not in ("strict", "skip"):
-        raise UserError(f"data.on_error={on_error!r}: choose strict or skip")
-    result = LoadedPairs()
-    for spec in specs:
-        problems: list[Problem] = []
-        rows = _records(spec, problems)
-        result.examples_seen += len(rows) + len(problems)
-        if spec.max_examples is not None and spec.max_examples < len(rows):
-            order = list(range(len(rows)))
-            random.Random(seed).shuffle(order)
-            rows = [rows[i] for i in sorted(order[: spec.max_examples])]
-        for origin, row in rows:
-            try:
-                result.pairs.append(pair_from_row(row))
-                result.origins.append(origin)
-            except ConversationError as e:
-                problems.append((origin, e.reason, str(e)))
-        for origin, reason, message in problems:
-            if on_error == "strict":
-                raise UserError(f"{origin}: {message} (set data.on_error=skip to drop such pairs)")
-            result.skipped[reason] += 1
-    return result
+    pairs, origins, skipped, seen = load_items(specs, on_error=on_error, seed=seed, parse=pair_from_row, what="pairs")
+    return LoadedPairs(pairs, origins, skipped, seen)

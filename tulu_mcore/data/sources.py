@@ -21,7 +21,8 @@ from tulu_mcore.errors import UserError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTIN = {"builtin:sft-demo": BUILTIN_DIR / "sft_demo.jsonl",
-           "builtin:preference-demo": BUILTIN_DIR / "preference_demo.jsonl"}
+           "builtin:preference-demo": BUILTIN_DIR / "preference_demo.jsonl",
+           "builtin:rlvr-demo": BUILTIN_DIR / "rlvr_demo.jsonl"}
 TINY_TOKENIZER = BUILTIN_DIR / "tiny_tokenizer"
 
 
@@ -143,34 +144,45 @@ def _hub_dataset(spec: SourceSpec):
         ) from None
 
 
-def load_conversations(specs: list[SourceSpec], *, on_error: str, seed: int) -> Loaded:
-    """All sources' conversations, validated; capped sources are subsampled with `seed`."""
+def load_items(specs: list[SourceSpec], *, on_error: str, seed: int, parse, what: str = "examples"):
+    """Every source's rows through `parse` (row -> item, or ConversationError naming the problem), with
+    their origins; capped sources are subsampled with `seed`. `on_error`: strict (stop at the first
+    problem with file:line) or skip (count by reason). Returns (items, origins, skipped, rows seen)."""
     if on_error not in ("strict", "skip"):
         raise UserError(f"data.on_error={on_error!r}: choose strict or skip")
-    result = Loaded()
+    items, origins, skipped, seen = [], [], Counter(), 0
     for spec in specs:
         problems: list[Problem] = []
         rows = _records(spec, problems)
-        result.examples_seen += len(rows) + len(problems)  # rows that parsed, lines that did not
+        seen += len(rows) + len(problems)  # rows that parsed, lines that did not
         if spec.max_examples is not None and spec.max_examples < len(rows):
             order = list(range(len(rows)))
             random.Random(seed).shuffle(order)
             rows = [rows[i] for i in sorted(order[: spec.max_examples])]
         for origin, row in rows:
             try:
-                if not isinstance(row, dict) or "messages" not in row:
-                    raise ConversationError("no messages field", "no 'messages' field")
-                check_messages(row["messages"])
+                items.append(parse(row))
+                origins.append(origin)
             except ConversationError as e:
                 problems.append((origin, e.reason, str(e)))
-                continue
-            result.conversations.append(row["messages"])
-            result.origins.append(origin)
         for origin, reason, message in problems:
             if on_error == "strict":
-                raise UserError(f"{origin}: {message} (set data.on_error=skip to drop such examples)")
-            result.skipped[reason] += 1
-    return result
+                raise UserError(f"{origin}: {message} (set data.on_error=skip to drop such {what})")
+            skipped[reason] += 1
+    return items, origins, skipped, seen
+
+
+def _conversation(row) -> list[dict]:
+    if not isinstance(row, dict) or "messages" not in row:
+        raise ConversationError("no messages field", "no 'messages' field")
+    check_messages(row["messages"])
+    return row["messages"]
+
+
+def load_conversations(specs: list[SourceSpec], *, on_error: str, seed: int) -> Loaded:
+    """All sources' conversations, validated; capped sources are subsampled with `seed`."""
+    items, origins, skipped, seen = load_items(specs, on_error=on_error, seed=seed, parse=_conversation)
+    return Loaded(items, origins, skipped, seen)
 
 
 def env_cache_dir() -> Path:

@@ -9,6 +9,9 @@
   is the exact answer, the rejected one a plausible wrong answer (off-by-some result, wrong count,
   wrong case). Most rows use the Tülu preference-mixture format (two whole conversations), the rest
   ``prompt`` / ``chosen`` / ``rejected`` strings.
+* ``rlvr_demo.jsonl``: prompts with verifiable answers in the RLVR format (``messages``, ``ground_truth``,
+  ``dataset``): arithmetic problems (``gsm8k``: the exact number) and instructions with checkable
+  constraints (``ifeval``: capital letters, a word repeated N times, no commas).
 * ``tiny_tokenizer/``: a byte-level BPE with 512 entries trained on that data (the `tiny` model's
   vocabulary), with ``<|begin_of_text|>`` / ``<|end_of_text|>`` like the Llama 3 tokenizer. The Tülu
   role markers stay plain text, as in the recipe.
@@ -114,6 +117,31 @@ def preference_pairs(n: int = 256, seed: int = 1) -> list[dict]:
     return rows
 
 
+def rlvr_prompts(n: int = 256, seed: int = 2) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        if rng.random() < 0.6:
+            conv = arithmetic(rng)["messages"]
+            prompt = [m for m in conv if m["role"] != "assistant"][:2 if conv[0]["role"] == "system" else 1]
+            answer = conv[len(prompt)]["content"].rsplit(" ", 1)[-1].rstrip(".")
+            rows.append({"messages": prompt, "ground_truth": answer, "dataset": "gsm8k"})
+            continue
+        w, k = rng.choice(WORDS), rng.randint(2, 5)
+        kind = rng.choice(["upper", "repeat", "commas"])
+        if kind == "upper":
+            q, truth = f"Write '{w}' in capital letters and nothing else.", {"func_name": "validate_uppercase"}
+        elif kind == "repeat":
+            q = f"Write the word '{w}' {k} times, separated by commas."
+            truth = {"func_name": "verify_keyword_frequency", "word": w, "N": k}
+        else:
+            q = f"List the first {k} even numbers without using any commas."
+            truth = {"func_name": "validate_no_commas"}
+        rows.append({"messages": [{"role": "user", "content": q}], "ground_truth": json.dumps(truth),
+                     "dataset": "ifeval"})
+    return rows
+
+
 def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 512) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -147,6 +175,9 @@ def main() -> None:
             f.write(json.dumps(c) + "\n")
     with open(out / "preference_demo.jsonl", "w") as f:
         for row in preference_pairs():
+            f.write(json.dumps(row) + "\n")
+    with open(out / "rlvr_demo.jsonl", "w") as f:
+        for row in rlvr_prompts():
             f.write(json.dumps(row) + "\n")
     markers = "<|system|>\n<|user|>\n<|assistant|>\n"
     texts = [markers + "\n".join(m["content"] for m in c["messages"]) for c in convs]
