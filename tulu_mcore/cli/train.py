@@ -21,7 +21,8 @@ checkpoint; SIGTERM or SIGUSR1 saves a checkpoint and exits.
 config groups (GROUP=OPTION):
 {groups}
 frequently used keys:
-  recipe=sft|dpo|rm              the recipe: supervised finetuning, preference tuning, reward model
+  recipe=sft|dpo|rm|rlvr_grpo    the recipe: supervised finetuning, preference tuning, reward model,
+                                 RL with verifiable rewards (GRPO)
   model.init=PATH|HUB_NAME       start from an HF directory, a tulu-convert checkpoint or an earlier run
   model.tokenizer=PATH|HUB_NAME  tokenizer (default: the one of model.init; built-in for model=tiny)
   data.train=PATH|HUB_NAME       conversations, or preference pairs for dpo/rm (.jsonl/.json/.parquet,
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("recipe=none: choose a recipe to train: recipe=sft, recipe=dpo or recipe=rm")
     import importlib
 
-    importlib.import_module(f"tulu_mcore.algorithms.{cfg.recipe.name}").run(cfg)
+    module = {"rlvr_grpo": "grpo"}.get(cfg.recipe.name, cfg.recipe.name)
+    importlib.import_module(f"tulu_mcore.algorithms.{module}").run(cfg)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ FP8_FORMATS = ("e4m3", "hybrid")
 FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
 ATTENTION_BACKENDS = ("auto", "te", "sdpa", "flex")
 DEVICES = ("auto", "cuda", "cpu")
-RECIPES = ("none", "sft", "dpo", "rm")
+RECIPES = ("none", "sft", "dpo", "rm", "rlvr_grpo")
 DPO_LOSSES = ("dpo", "dpo_norm", "ipo", "simpo")
 REFERENCES = ("cache", "live")
 REDUCTIONS = ("sum", "token_mean")
@@ -139,6 +139,20 @@ class DpoConfig:
 
 
 @dataclass
+class RlvrConfig:
+    # recipe=rlvr_grpo: prompts with verifiable answers, n samples each, group-normalised advantages
+    samples_per_prompt: int = 16
+    max_new_tokens: int = 64  # response length limit (Tülu 3: 2048)
+    temperature: float = 1.0
+    beta: float = 0.01  # kl3 penalty in the loss (Tülu 3.1 GRPO)
+    clip: float = 0.2
+    verified_reward: float = 10.0
+    no_eos_penalty: float = 0.0  # replaces the score of a response without EOS (Tülu 3 PPO: -10)
+    tulu3_compat: bool = False  # the released verifiers, bugs included
+    engine: str = "megatron"  # megatron: KV-cache generation on the trainer's model
+
+
+@dataclass
 class LauncherConfig:
     # tulu-launch only (tulu-train ignores this section): where and how the ranks start
     name: str = "local"  # local: torchrun on this machine | slurm: an sbatch script, submitted
@@ -189,7 +203,7 @@ class MetricsConfig:
 
 @dataclass
 class RecipeConfig:
-    name: str = "none"  # sft | dpo | rm
+    name: str = "none"  # sft | dpo | rm | rlvr_grpo
 
 
 @dataclass
@@ -203,6 +217,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    rlvr: RlvrConfig = field(default_factory=RlvrConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     run: RunSection = field(default_factory=RunSection)

@@ -263,11 +263,20 @@ def _check_training(cfg: RunConfig, err) -> None:
     if d.max_seq_len is not None and pairs and not 1 <= 2 * d.max_seq_len <= t.seq_length:
         err(f"data.max_seq_len={d.max_seq_len}: recipe={cfg.recipe.name} packs a pair's chosen and rejected "
             f"sequences into one row, so train.seq_length={t.seq_length} must be at least 2 x data.max_seq_len")
-    if cfg.recipe.name in ("sft", "dpo", "rm") and t.micro_batch_size != 1:
+    if cfg.recipe.name in ("sft", "dpo", "rm", "rlvr_grpo") and t.micro_batch_size != 1:
         err(f"train.micro_batch_size={t.micro_batch_size}: packed micro-batches are one row of "
             "train.seq_length tokens; set train.micro_batch_size=1 (raise train.seq_length to pack more)")
     if cfg.recipe.name == "dpo":
         _check_dpo(cfg, err)
+    if cfg.recipe.name == "rlvr_grpo":
+        r, par = cfg.rlvr, cfg.parallel
+        if par.pp > 1 or par.cp > 1:
+            err(f"recipe=rlvr_grpo generates with the megatron engine, which needs parallel.pp=1 and parallel.cp=1 "
+                f"(got pp={par.pp}, cp={par.cp}): use tensor and data parallelism")
+        if r.samples_per_prompt < 2:
+            err(f"rlvr.samples_per_prompt={r.samples_per_prompt}: GRPO normalises within a prompt's samples; use >= 2")
+        if r.max_new_tokens < 1 or r.temperature < 0 or not 0 < r.clip < 1 or r.beta < 0:
+            err("rlvr: max_new_tokens >= 1, temperature >= 0, 0 < clip < 1 and beta >= 0 are required")
 
 
 def _check_dpo(cfg: RunConfig, err) -> None:
