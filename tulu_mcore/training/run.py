@@ -125,7 +125,7 @@ class TrainingRun:
                 ref.load_state_dict(unwrap(policy).state_dict())
         elif self.init.kind == "none":
             raise UserError("the reference of a randomly initialised policy cannot be rebuilt once training "
-                            "has started: keep dpo.reference=cache (computed at the start), or set model.init")
+                            "has started: set model.init (DPO: or keep dpo.reference=cache, computed at the start)")
         else:
             load_init_weights(chunks, self.init, head=self.head)
         config = chunks[0].config
