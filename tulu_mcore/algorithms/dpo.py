@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from tulu_mcore.config.schema import DpoConfig, RunConfig
-from tulu_mcore.data.loader import StepBatches
 from tulu_mcore.training.reference import (
     LiveReference,
     ReferenceCache,
@@ -133,9 +132,8 @@ def run(cfg: RunConfig) -> dict:
     opts = cfg.dpo
     tr = TrainingRun(cfg, "dpo")
     data = tr.prepare_data("pairs")
-    batches = StepBatches(data, global_batch=cfg.train.global_batch_size, seed=cfg.data.seed,
-                          shuffle=cfg.data.shuffle)
-    total = cfg.train.max_steps or cfg.train.epochs * batches.steps_per_epoch
+    batches = tr.step_batches(data)
+    total = tr.total_steps(batches.steps_per_epoch)
     model, optimizer, scheduler = tr.build(total)
     reference = _reference(tr, data, opts)
     step = tr.resume(data.key)

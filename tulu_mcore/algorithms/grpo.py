@@ -116,7 +116,7 @@ def run(cfg: RunConfig) -> dict:
     if longest + opts.max_new_tokens > cfg.train.seq_length:
         raise UserError(f"a prompt of {longest} tokens + rlvr.max_new_tokens={opts.max_new_tokens} does not fit "
                         f"train.seq_length={cfg.train.seq_length}: raise train.seq_length")
-    total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+    total = tr.total_steps(steps_per_epoch)
     model, optimizer, scheduler = tr.build(total)
     reference = tr.build_reference()
     engine = MegatronEngine(model, eos_id=tr.tokenizer.eos_token_id, max_sequence_length=cfg.train.seq_length)

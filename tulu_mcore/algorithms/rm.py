@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from tulu_mcore.config.schema import RunConfig
-from tulu_mcore.data.loader import StepBatches
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.sequences import is_cp_rank0, sequence_scores
 from tulu_mcore.training.setup import current_lr
@@ -51,9 +50,8 @@ def rm_forward_step(data_iterator, model):
 def run(cfg: RunConfig) -> dict:
     tr = TrainingRun(cfg, "rm")
     data = tr.prepare_data("pairs")
-    batches = StepBatches(data, global_batch=cfg.train.global_batch_size, seed=cfg.data.seed,
-                          shuffle=cfg.data.shuffle)
-    total = cfg.train.max_steps or cfg.train.epochs * batches.steps_per_epoch
+    batches = tr.step_batches(data)
+    total = tr.total_steps(batches.steps_per_epoch)
     model, optimizer, scheduler = tr.build(total, head="score")
     step = tr.resume(data.key)
     while step < total:

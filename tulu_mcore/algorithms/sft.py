@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 from tulu_mcore.config.schema import RunConfig
-from tulu_mcore.data.loader import StepBatches
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.setup import current_lr
 from tulu_mcore.training.step import packed_forward_step, train_step
@@ -21,9 +20,8 @@ from tulu_mcore.training.step import packed_forward_step, train_step
 def run(cfg: RunConfig) -> dict:
     tr = TrainingRun(cfg, "sft")
     data = tr.prepare_data("sft")
-    batches = StepBatches(data, global_batch=cfg.train.global_batch_size, seed=cfg.data.seed,
-                          shuffle=cfg.data.shuffle)
-    total = cfg.train.max_steps or cfg.train.epochs * batches.steps_per_epoch
+    batches = tr.step_batches(data)
+    total = tr.total_steps(batches.steps_per_epoch)
     model, optimizer, scheduler = tr.build(total)
     step = tr.resume(data.key)
     while step < total:

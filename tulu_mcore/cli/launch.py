@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from tulu_mcore.cli.overrides import NO_RECIPE, parse
 from tulu_mcore.errors import UserError, cli_errors
 
 USAGE = """\
@@ -43,12 +44,10 @@ def train_overrides(argv: list[str], run_dir: Path) -> list[str]:
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+    parsed = parse(argv, "tulu-launch", USAGE)
+    if parsed is None:
         return
-    bad = [a for a in argv if a.startswith("-")]
-    if bad:
-        raise UserError(f"unknown option {bad[0]}: tulu-launch takes KEY=VALUE overrides (see --help)")
+    argv = parsed[0]
     from tulu_mcore.config.compose import compose
     from tulu_mcore.config.validate import validate
     from tulu_mcore.runtime.logs import quiet_known_warnings
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = compose(argv)
     lc = cfg.launcher
     if cfg.recipe.name == "none":
-        raise UserError("recipe=none: choose a recipe to train: recipe=sft, recipe=dpo or recipe=rm")
+        raise UserError(NO_RECIPE)
     run_dir = Path(cfg.run.dir).absolute()
     cfg.run.dir = str(run_dir)
     world = lc.nodes * lc.ranks_per_node

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from tulu_mcore.errors import UserError, cli_errors
+from tulu_mcore.cli.overrides import parse
+from tulu_mcore.errors import cli_errors
 
 USAGE = """\
 usage: tulu-plan [GROUP=OPTION ...] [KEY=VALUE ...]
@@ -41,12 +42,10 @@ def plan_for(cfg, device: str = "cuda"):
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+    parsed = parse(argv, "tulu-plan", USAGE)
+    if parsed is None:
         return
-    bad = [a for a in argv if a.startswith("-")]
-    if bad:
-        raise UserError(f"unknown option {bad[0]}: tulu-plan takes KEY=VALUE overrides (see --help)")
+    argv = parsed[0]
     from tulu_mcore.config.compose import compose
     from tulu_mcore.plan import report
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from tulu_mcore.cli.overrides import NO_RECIPE, parse
 from tulu_mcore.errors import UserError, cli_errors
 
 USAGE = """\
@@ -51,23 +52,20 @@ def _groups() -> str:
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE.format(groups=_groups()))
+    parsed = parse(argv, "tulu-train", lambda: USAGE.format(groups=_groups()), flags=("--print-config",))
+    if parsed is None:
         return
+    overrides, flags = parsed
     from tulu_mcore.config.compose import compose, to_yaml
     from tulu_mcore.runtime.logs import quiet_known_warnings
 
     quiet_known_warnings()
-    overrides = [a for a in argv if a != "--print-config"]
-    bad = [a for a in overrides if a.startswith("-")]
-    if bad:
-        raise UserError(f"unknown option {bad[0]}: tulu-train takes KEY=VALUE overrides (see --help)")
     cfg = compose(overrides)
-    if "--print-config" in argv:
+    if "--print-config" in flags:
         print(to_yaml(cfg))
         return
     if cfg.recipe.name == "none":
-        raise UserError("recipe=none: choose a recipe to train: recipe=sft, recipe=dpo or recipe=rm")
+        raise UserError(NO_RECIPE)
     import importlib
 
     module = {"rlvr_grpo": "grpo"}.get(cfg.recipe.name, cfg.recipe.name)

@@ -85,6 +85,17 @@ class TrainingRun:
                              max_seq_len=limit, truncate=d.truncate,
                              on_error=d.on_error, seed=d.seed, kind=kind, log=self.log)
 
+    def step_batches(self, data: cache.TokenizedData):
+        """Which units each step trains on (see tulu_mcore.data.loader)."""
+        from tulu_mcore.data.loader import StepBatches
+
+        d = self.cfg.data
+        return StepBatches(data, global_batch=self.cfg.train.global_batch_size, seed=d.seed, shuffle=d.shuffle)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """train.max_steps, else train.epochs passes over the data."""
+        return self.cfg.train.max_steps or self.cfg.train.epochs * steps_per_epoch
+
     # ---------------------------------------------------------------------------------- model
     def build(self, total_steps: int, *, head: str = "lm", overrides: dict | None = None):
         """Model chunks wrapped for training, the optimizer and the LR schedule; weights from
