@@ -3,5 +3,7 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m unit` or `-k conversion`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+# the vLLM engine's own environment, for the tests against real vLLM (they skip, saying why, without it)
+[ -n "${TULU_VLLM_PYTHON:-}" ] || source "$(dirname "${BASH_SOURCE[0]}")/vllm-env.sh"
 cd "$ROOT"
 exec python -m pytest "$@"

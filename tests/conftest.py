@@ -99,6 +99,36 @@ def sft_hf(tmp_path_factory, tiny_hf) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The vLLM engine environment's interpreter (scripts/vllm-env.sh; the README's test command sets it
+    up); the test skips, with the reason, where it could not be installed."""
+    import os
+
+    py = os.environ.get("TULU_VLLM_PYTHON")
+    if not py:
+        reason = os.environ.get("TULU_VLLM_UNAVAILABLE", "TULU_VLLM_PYTHON is not set (source scripts/vllm-env.sh)")
+        pytest.skip(f"no vLLM environment: {reason}")
+    return py
+
+
+@pytest.fixture(scope="session")
+def vllm_hf(tmp_path_factory, tiny_arch) -> Path:
+    """The tiny HF Llama with head_dim 32 (vLLM's CPU attention has no kernel for 16) and the built-in
+    tokenizer beside it."""
+    import dataclasses
+    import shutil
+
+    from tulu_mcore.data.sources import TINY_TOKENIZER
+    from tulu_mcore.models.llama.tiny import make_hf_llama
+
+    d = tmp_path_factory.mktemp("vllm") / "hf"
+    make_hf_llama(d, dataclasses.replace(tiny_arch, head_dim=32), seed=3, init_std=INIT_STD)
+    for f in TINY_TOKENIZER.iterdir():
+        shutil.copy2(f, d / f.name)
+    return d
+
+
+@pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tokenized")
 

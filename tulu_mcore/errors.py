@@ -27,6 +27,13 @@ class CheckpointError(UserError):
     """A missing, incomplete or foreign checkpoint."""
 
 
+class EngineError(UserError):
+    """A rollout engine outside the trainer died, hung or refused a request; the message says what
+    happened, where its log is, and which checkpoint a rerun resumes from."""
+
+    exit_code = 3
+
+
 def cli_errors(main):
     """Decorator for console-script entry points: UserError -> 'error: ...' on stderr, exit 2."""
 

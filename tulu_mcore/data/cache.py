@@ -66,6 +66,11 @@ class TokenizedData:
         return self.tokens[a:b], self.trained[a:b].astype(bool)
 
 
+def fingerprint(ident: dict) -> str:
+    """A short stable hash of a JSON-able description (what a cache or a run was built from)."""
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def cache_key(specs: list[SourceSpec], tokenizer, *, max_seq_len: int, truncate: bool, on_error: str,
               seed: int, kind: str = "sft") -> str:
     ident = {
@@ -79,7 +84,7 @@ def cache_key(specs: list[SourceSpec], tokenizer, *, max_seq_len: int, truncate:
         "on_error": on_error,
         "seed": seed,  # caps subsample with it
     }
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+    return fingerprint(ident)
 
 
 def _groups(specs, on_error: str, seed: int, kind: str):

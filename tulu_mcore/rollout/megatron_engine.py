@@ -18,6 +18,8 @@ from tulu_mcore.rollout import Rollout
 
 
 class MegatronEngine:
+    in_process = True
+
     def __init__(self, chunks, *, eos_id: int, max_sequence_length: int):
         from megatron.core import parallel_state as ps
 
@@ -28,9 +30,13 @@ class MegatronEngine:
         self.chunks, self.eos_id, self.max_len = chunks, eos_id, max_sequence_length
         self.weight_version = 0
 
-    def update_weights(self) -> None:
-        """The engine reads the trainer's weights in place: only the version moves."""
+    def push_weights(self, chunks=None, arch=None) -> int:
+        """The engine reads the trainer's weights in place: only the version moves (0 bytes sent)."""
         self.weight_version += 1
+        return 0
+
+    def close(self) -> None:
+        pass
 
     @torch.no_grad()
     def generate(self, prompts: list[np.ndarray], *, n: int, max_new_tokens: int, temperature: float = 1.0,

@@ -13,7 +13,6 @@ Both hand the loss the same thing: per row, the reference log-prob sum of each o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tulu_mcore.data.cache import TokenizedData
+from tulu_mcore.data.cache import TokenizedData, fingerprint
 from tulu_mcore.data.loader import pack_units
 from tulu_mcore.errors import UserError
 from tulu_mcore.runtime.logs import progress
@@ -91,7 +90,7 @@ class ReferenceCache:
 
     @staticmethod
     def key_of(parts: dict) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+        return fingerprint(parts)
 
     @classmethod
     def locate(cls, explicit: str | None, default_root: Path, parts: dict) -> Path:

@@ -57,6 +57,9 @@ class TrainingRun:
         self.stop = StopRequest()
         self.ckpts = RunCheckpointer(self.run_dir, cfg.train.keep_last)
         self.latest = self.ckpts.latest()  # resuming: weights come from there, not from model.init
+        # saved before the policy at each checkpoint (PPO's value model): the policy's `latest` then
+        # implies theirs
+        self.companions: list = []
 
     # ---------------------------------------------------------------------------------- helpers
     def log(self, msg: str) -> None:
@@ -97,9 +100,11 @@ class TrainingRun:
         return self.cfg.train.max_steps or self.cfg.train.epochs * steps_per_epoch
 
     # ---------------------------------------------------------------------------------- model
-    def build(self, total_steps: int, *, head: str = "lm", overrides: dict | None = None):
-        """Model chunks wrapped for training, the optimizer and the LR schedule; weights from
-        model.init unless a checkpoint of this run will be loaded by resume()."""
+    def build(self, total_steps: int, *, head: str = "lm", overrides: dict | None = None,
+              optimizer_steps: int | None = None):
+        """Model chunks wrapped for training, the optimizer and the LR schedule (over `optimizer_steps`,
+        default one per step); weights from model.init unless a checkpoint of this run will be loaded
+        by resume()."""
         cfg, lay = self.cfg, self.layout
         config_overrides = {"calculate_per_token_loss": True, **recompute_overrides(cfg.train.recompute)}
         if lay.pp > 1 and self.trim_rows:
@@ -116,7 +121,7 @@ class TrainingRun:
         self.head = head
         self.model = wrap_for_training(chunks, cfg.precision, cfg.optim)
         self.optimizer = build_optimizer(self.model, cfg.precision, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, total_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, optimizer_steps or total_steps)
         self.total_steps = total_steps
         return self.model, self.optimizer, self.scheduler
 
@@ -213,6 +218,8 @@ class TrainingRun:
         return stopped
 
     def save(self, step: int, cursor: dict | None = None) -> Path:
+        for other in self.companions:
+            other.save(step)
         return self.ckpts.save(
             step, self.model, optimizer=self.optimizer, per_rank=rng_state(),
             arch=self.arch, dtype=TORCH_DTYPES[self.cfg.precision.params_dtype], hf_config=self.init.hf_config,

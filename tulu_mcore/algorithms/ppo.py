@@ -1,0 +1,210 @@
+"""RL with verifiable rewards, PPO as in Tülu 3, on megatron-core: ``tulu-train recipe=rlvr_ppo``.
+
+Each step takes ``train.global_batch_size`` prompts and ``rlvr.samples_per_prompt`` responses each (Tülu 3:
+1) from the rollout engine. The score of a response is ``rlvr.verified_reward`` when its verifier passes,
+replaced by ``rlvr.no_eos_penalty`` (Tülu 3: -10) when it never ended. With π_old the policy before this
+step's updates, π_ref the frozen reference and V_old the value model before them, per response token t:
+
+    r_t = -β (log π_old(y_t) - log π_ref(y_t))     (kl1 in the reward; + the score at the last token)
+    δ_t = r_t + γ V_old(t+1) - V_old(t),   A_t = δ_t + γλ A_{t+1}     (GAE; V after the last token = 0)
+    R_t = A_t + V_old(t);  A whitened over all response tokens of the step
+
+then ``rlvr.ppo_epochs`` passes (Tülu 3: 4), each one optimizer step of the policy on the clipped surrogate
+-min(ρA, clip(ρ, 1 ± ε) A), ρ = π/π_old, and one of the value model on
+vf_coef · ½ max((V - R)², (clip(V, V_old ± ε_v) - R)²), both averaged over the step's response tokens.
+
+One difference from the released Tülu 3 code: advantages are whitened with the statistics of the whole
+step (all data-parallel ranks) rather than of each rank's share, so the update does not depend on the
+number of ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tulu_mcore.config.schema import RlvrConfig, RunConfig
+from tulu_mcore.errors import UserError
+from tulu_mcore.rollout.steps import StepRollouts, make_engine
+from tulu_mcore.training.critic import ValueModel
+from tulu_mcore.training.rollouts import (from_token, load_rlvr_data, pack_docs, per_token, score, step_prompts,
+                                          verifier_record)
+from tulu_mcore.training.run import TrainingRun
+from tulu_mcore.training.setup import current_lr
+from tulu_mcore.training.step import optimizer_step, packed_forward, reduce_report
+
+POLICY_REPORT = 4  # loss sum, response tokens, clipped tokens, approximate KL(π_old || π) sum
+VALUE_REPORT = 4  # loss sum, response tokens, clipped tokens, squared error sum
+
+
+def gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimates and returns of one response (1-D arrays over its tokens)."""
+    adv = np.zeros(len(rewards), dtype=np.float64)
+    last = 0.0
+    for t in reversed(range(len(rewards))):
+        nxt = values[t + 1] if t + 1 < len(rewards) else 0.0
+        last = rewards[t] + gamma * nxt - values[t] + gamma * lam * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def shaped_rewards(score_value: float, logp: np.ndarray, ref_logp: np.ndarray, beta: float) -> np.ndarray:
+    """-β kl1 per token, the sequence's score added at its last token."""
+    r = -beta * (logp - ref_logp)
+    r[-1] += score_value
+    return r
+
+
+def policy_loss(batch: dict, clip: float, output: torch.Tensor):
+    mask = batch["loss_mask"].to(output.device).float()
+    logp = -output.float()
+    old, adv = batch["old_logps"].to(logp), batch["advantages"].to(logp)
+    log_ratio = logp - old
+    ratio = torch.exp(log_ratio)
+    pg = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    total = (pg * mask).sum()
+    with torch.no_grad():
+        clipped = ((ratio - 1).abs() > clip).float()
+        approx_kl = (ratio - 1) - log_ratio
+        report = torch.stack([total.detach(), mask.sum(), (clipped * mask).sum(), (approx_kl * mask).sum()])
+    return total, mask.sum().int(), {"ppo": report}
+
+
+def value_loss(batch: dict, opts: RlvrConfig, output: torch.Tensor):
+    mask = batch["loss_mask"].to(output.device).float()
+    v = output.float().reshape(mask.shape)
+    old, ret = batch["old_values"].to(v), batch["returns"].to(v)
+    v_clipped = old + (v - old).clamp(-opts.value_clip, opts.value_clip)
+    err, err_clipped = (v - ret) ** 2, (v_clipped - ret) ** 2
+    loss = opts.vf_coef * 0.5 * torch.max(err, err_clipped)
+    total = (loss * mask).sum()
+    with torch.no_grad():
+        report = torch.stack([total.detach(), mask.sum(), ((err_clipped > err).float() * mask).sum(),
+                              (err * mask).sum()])
+    return total, mask.sum().int(), {"value": report}
+
+
+def policy_forward_step(data_iterator, model, clip: float):
+    batch = next(data_iterator)
+    output, _ = packed_forward(batch, model)
+    return output, partial(policy_loss, batch, clip)
+
+
+def value_forward_step(data_iterator, model, opts: RlvrConfig):
+    batch = next(data_iterator)
+    output, _ = packed_forward(batch, model, labels=False)
+    return output, partial(value_loss, batch, opts)
+
+
+def whiten(docs: list[dict], key: str) -> None:
+    """docs[i][key] -> (x - mean) / (std + 1e-8) over all tokens of the step (every DP rank's docs)."""
+    from megatron.core import parallel_state as ps
+
+    x = np.concatenate([d[key] for d in docs])
+    stats = torch.tensor([x.sum(), (x * x).sum(), x.size], dtype=torch.float64)
+    dist.all_reduce(stats, group=ps.get_data_parallel_group())
+    s, ss, n = stats.tolist()
+    mean = s / n
+    std = max(ss / n - mean * mean, 0.0) ** 0.5
+    for d in docs:
+        d[key] = (d[key] - mean) / (std + 1e-8)
+
+
+def run(cfg: RunConfig) -> dict:
+    from megatron.core import parallel_state as ps
+
+    opts = cfg.rlvr
+    tr = TrainingRun(cfg, "ppo")
+    data = load_rlvr_data(cfg, tr.tokenizer, tr.log)
+    per_step = cfg.train.global_batch_size
+    if per_step % tr.dp_size:
+        raise UserError(f"train.global_batch_size={per_step} prompts must divide over {tr.dp_size} data-parallel ranks")
+    total = tr.total_steps(data.steps_per_epoch)
+    model, optimizer, scheduler = tr.build(total, optimizer_steps=total * opts.ppo_epochs)
+    value = ValueModel(tr, total * opts.ppo_epochs, opts.value_init, opts.value_lr)
+    tr.companions.append(value)
+    reference = tr.build_reference()
+    step = tr.resume(data.key)
+    value.resume(tr.latest)
+    engine = make_engine(cfg, tr, model)
+    rollouts = StepRollouts(engine, data.ids, n=opts.samples_per_prompt, max_new_tokens=opts.max_new_tokens,
+                            temperature=opts.temperature, seed=cfg.runtime.seed, dp_rank=tr.dp_rank,
+                            dp_size=tr.dp_size, async_generation=opts.async_generation)
+    try:
+        while step < total:
+            t0 = time.time()
+            epoch, indices = step_prompts(data, step, per_step, cfg.data.seed)
+            mine, groups, waited = rollouts.take(step, indices)
+            if step + 1 < total and opts.async_generation:  # generated while this step trains
+                rollouts.request(step + 1, step_prompts(data, step + 1, per_step, cfg.data.seed)[1])
+            t_gen = time.time()
+            docs, scores, counts = score([data.prompts[i] for i in mine], groups, tr.tokenizer, opts)
+            rows = pack_docs(docs, tr)
+            batches = [row.as_batch() for row in rows]
+            with torch.no_grad():  # π_old, π_ref and V_old of every response token
+                for row, batch in zip(rows, batches):
+                    for key, net, labels in (("old_logps", model[0], True), ("ref_logps", reference[0], True),
+                                             ("old_values", value.model[0], False)):
+                        out, _ = packed_forward(batch, net, labels=labels)
+                        from_token(row, -out if labels else out, docs, key)
+            agree = sum(np.abs(d["old_logps"] - d["engine_logps"]).sum() for d in docs)
+            kl_sum = sum((d["old_logps"] - d["ref_logps"]).sum() for d in docs)
+            for d, s in zip(docs, scores.reshape(-1)):
+                rewards = shaped_rewards(s, d["old_logps"], d["ref_logps"], opts.beta)
+                d["advantages"], d["returns"] = gae(rewards, d["old_values"], opts.gamma, opts.lam)
+            whiten(docs, "advantages")
+            for row, batch in zip(rows, batches):
+                batch.update({k: per_token(row, docs, k) for k in ("old_logps", "advantages", "old_values", "returns")})
+            t_ref = time.time()
+            lr = current_lr(optimizer)
+            last = None
+            clipped = approx_kl = v_clipped = 0.0
+            for _ in range(opts.ppo_epochs):
+                losses, ok, grad_norm = optimizer_step(model, optimizer, batches, seq_length=cfg.train.seq_length,
+                                                       forward_step=partial(policy_forward_step, clip=opts.clip))
+                scheduler.step(1)
+                v_losses, v_ok, v_grad_norm = optimizer_step(value.model, value.optimizer, batches,
+                                                             seq_length=cfg.train.seq_length,
+                                                             forward_step=partial(value_forward_step, opts=opts))
+                value.scheduler.step(1)
+                p = reduce_report(losses, "ppo", POLICY_REPORT).tolist()
+                v = reduce_report(v_losses, "value", VALUE_REPORT).tolist()
+                last = (p, v)
+                clipped, approx_kl, v_clipped = clipped + p[2] / p[1], approx_kl + p[3] / p[1], v_clipped + v[2] / v[1]
+            t_train = time.time()
+            pushed = rollouts.push(model, tr.arch)
+            step += 1
+            (loss, tokens, *_), (v_loss, _, _, v_sq) = last
+            stats = torch.tensor([agree, kl_sum], dtype=torch.float64)
+            dist.all_reduce(stats, group=ps.get_data_parallel_group())
+            n_epochs = opts.ppo_epochs
+            record = {
+                "loss": loss / tokens,  # the policy's surrogate on the last pass (the first is 0 by whitening)
+                "value_loss": v_loss / tokens,
+                "value_mse": v_sq / tokens,
+                **verifier_record(counts),
+                "kl": stats[1].item() / tokens,  # kl1 per response token, π_old vs π_ref
+                "clip_fraction": clipped / n_epochs,
+                "approx_kl": approx_kl / n_epochs,  # π_old vs π over the passes
+                "value_clip_fraction": v_clipped / n_epochs,
+                "logprob_abs_diff": stats[0].item() / tokens,  # engine vs trainer, on the sampled tokens
+                "grad_norm": grad_norm,
+                "value_grad_norm": v_grad_norm,
+                "lr": lr,
+                "weight_version": min(d["version"] for d in docs),
+                "generation_s": waited,
+                "logprob_s": t_ref - t_gen,
+                "training_s": t_train - t_ref,
+                **pushed,
+                "skipped": not (ok and v_ok),
+                **tr.throughput(rows, t_train - t_ref, passes=2 * n_epochs),
+            }
+            if tr.end_step(step, record, {"step": step, "epoch": epoch}):
+                break
+    finally:
+        engine.close()
+    return tr.finish(step)

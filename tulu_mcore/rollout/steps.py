@@ -1,0 +1,92 @@
+"""Each RL step's rollouts from whichever engine, and the weight push after each step.
+
+* An engine in the trainer's processes (``megatron``) generates each data-parallel rank's share of the
+  step's prompts on that rank.
+* An engine outside them (``vllm``) is driven from global rank 0, which sends every rank its share.
+  With ``rlvr.async_generation`` the next step's prompts are submitted before this step trains, so
+  generation overlaps training and the policy learns from rollouts one weight version old (the engine
+  finishes that generation before it takes the next weights).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch.distributed as dist
+
+from tulu_mcore.errors import ConfigError, EngineError
+from tulu_mcore.rollout import Rollout
+
+
+class StepRollouts:
+    def __init__(self, engine, ids: list[np.ndarray], *, n: int, max_new_tokens: int, temperature: float,
+                 seed: int, dp_rank: int, dp_size: int, async_generation: bool = False):
+        if async_generation and engine.in_process:
+            raise ConfigError("rlvr.async_generation=true overlaps generation with training, which needs an engine "
+                              "outside the trainer's processes: rlvr.engine=vllm")
+        self.engine, self.ids = engine, ids
+        self.sampling = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature)
+        self.seed, self.dp_rank, self.dp_size = seed, dp_rank, dp_size
+        self.async_generation = async_generation
+        self.pending: dict[int, list[int]] = {}
+
+    def _seed(self, step: int) -> int:
+        return self.seed * 100_003 + step * self.dp_size + (self.dp_rank if self.engine.in_process else 0)
+
+    def request(self, step: int, indices: list[int]) -> None:
+        """Ask for `step`'s rollouts (prompt indices of the whole step, all DP ranks)."""
+        if step in self.pending:
+            return
+        self.pending[step] = indices
+        if not self.engine.in_process and self.async_generation and dist.get_rank() == 0:
+            try:
+                self.engine.submit([self.ids[i] for i in indices], seed=self._seed(step), **self.sampling)
+            except EngineError:
+                pass  # the engine is gone: take() reports it on every rank
+
+    def take(self, step: int, indices: list[int]) -> tuple[list[int], list[list[Rollout]], float]:
+        """(this rank's prompt indices, their rollouts, seconds waited) for `step`."""
+        t0 = time.time()
+        self.request(step, indices)
+        indices = self.pending.pop(step)
+        mine = indices[self.dp_rank::self.dp_size]
+        if self.engine.in_process:
+            groups = self.engine.generate([self.ids[i] for i in mine], seed=self._seed(step), **self.sampling)
+            return mine, groups, time.time() - t0
+        box = [None]
+        if dist.get_rank() == 0:
+            try:
+                if self.async_generation:
+                    box[0] = self.engine.collect()
+                else:
+                    box[0] = self.engine.generate([self.ids[i] for i in indices], seed=self._seed(step),
+                                                  **self.sampling)
+            except EngineError as e:
+                box[0] = e  # every rank raises it, none waits for the others forever
+        dist.broadcast_object_list(box, src=0)
+        if isinstance(box[0], EngineError):
+            raise box[0]
+        return mine, box[0][self.dp_rank::self.dp_size], time.time() - t0
+
+    def push(self, chunks, arch) -> dict:
+        """The trainer's new weights into the engine (a collective over the trainer's ranks)."""
+        t0 = time.time()
+        sent = self.engine.push_weights(chunks, arch)
+        return {"weight_push_s": time.time() - t0, "weight_push_bytes": sent}
+
+
+def make_engine(cfg, tr, chunks):
+    """The engine rlvr.engine names, for the policy `chunks` (built, weights loaded or resumed); its
+    weight version counts the policy's optimizer steps."""
+    opts = cfg.rlvr
+    if opts.engine == "megatron":
+        from tulu_mcore.rollout.megatron_engine import MegatronEngine
+
+        engine = MegatronEngine(chunks, eos_id=tr.tokenizer.eos_token_id, max_sequence_length=cfg.train.seq_length)
+        engine.weight_version = tr.start
+        return engine
+    from tulu_mcore.rollout.vllm_engine import VllmEngine
+
+    return VllmEngine.start(cfg, chunks, arch=tr.arch, eos_id=tr.tokenizer.eos_token_id, run_dir=tr.run_dir,
+                            ckpts=tr.ckpts, version=tr.start, log=tr.log)

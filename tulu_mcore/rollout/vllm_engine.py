@@ -1,0 +1,314 @@
+"""The ``vllm`` rollout engine: a vLLM process outside the trainer (its own Python environment, no Ray),
+driven from global rank 0 over a socket (:mod:`tulu_mcore.rollout.vllm_side.server`).
+
+Weight sync: every trainer rank walks the shared weight export (HF-named full tensors, TP-gathered,
+:func:`tulu_mcore.convert.export.export_hf_weights`); rank 0 sends each bucket as it arrives
+(``rlvr.vllm.transport=memory``) or writes safetensors under ``run.dir/engine`` and has the engine
+reload them (``disk``). An update is begin → chunks → end, then the engine resets its prefix cache and
+takes the new weight version; it is queued behind any generation in progress, so an update never
+lands in the middle of one. On GPUs with engines on other nodes an NCCL broadcast is the transport
+that scales; it is not implemented here.
+
+Any failure of the engine (exit, hang, refused request) becomes an :class:`EngineError` on every rank,
+naming the engine's log and the checkpoint a rerun resumes from.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from multiprocessing.connection import Client
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tulu_mcore.errors import ConfigError, EngineError
+from tulu_mcore.rollout import Rollout
+
+SIDE_DIR = Path(__file__).with_name("vllm_side")
+ENGINE_DIR = "engine"
+
+
+def _python(opts) -> str:
+    py = opts.python or os.environ.get("TULU_VLLM_PYTHON")
+    if not py:
+        raise ConfigError("rlvr.engine=vllm: name the vLLM environment's interpreter with rlvr.vllm.python=PATH "
+                          "or TULU_VLLM_PYTHON (vLLM lives in its own environment; scripts/vllm-env.sh builds "
+                          "the CPU one), or connect to a running engine with rlvr.vllm.address=HOST:PORT")
+    if not Path(py).is_file():
+        raise ConfigError(f"rlvr.vllm.python={py}: no such interpreter")
+    return py
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+class VllmEngine:
+    in_process = False
+
+    def __init__(self, conn, *, proc=None, log: Path | None = None, eos_id: int, opts, run_dir: Path, ckpts,
+                 dtype: torch.dtype):
+        self.conn, self.proc, self.log, self.eos_id = conn, proc, log, eos_id
+        self.opts, self.run_dir, self.ckpts, self.dtype = opts, run_dir, ckpts, dtype
+        self.weight_version = -1
+        self.pending = False  # a submitted generation whose reply is not read yet
+        self.ready = None  # its reply, read early because a weight update came after it
+
+    # ------------------------------------------------------------------------------ start-up
+    @classmethod
+    def start(cls, cfg, chunks, *, arch, eos_id: int, run_dir: Path, ckpts=None, version: int = 0,
+              log=print) -> "VllmEngine":
+        """Rank 0 starts (or connects to) the engine; then every rank takes part in the first push
+        (the policy's current weights, as `version`)."""
+        common = dict(eos_id=eos_id, opts=cfg.rlvr.vllm, run_dir=Path(run_dir), ckpts=ckpts)
+        engine, error = None, None
+        if dist.get_rank() == 0:
+            try:
+                engine = cls._connect(cfg, arch, log, **common)
+            except EngineError as e:
+                error = str(e)
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise EngineError(box[0])
+        if engine is None:  # ranks other than 0 hold no connection; they take part in pushes
+            engine = cls(None, dtype=torch.float32, **common)
+        engine.push_weights(chunks, arch, version=version)
+        return engine
+
+    @classmethod
+    def _connect(cls, cfg, arch, log, **common) -> "VllmEngine":
+        from tulu_mcore.dtypes import TORCH_DTYPES
+
+        opts = cfg.rlvr.vllm
+        dtype = TORCH_DTYPES[cfg.precision.params_dtype]
+        if opts.address:
+            host, _, port = opts.address.rpartition(":")
+            key = os.environ.get("TULU_ENGINE_AUTHKEY")
+            if not key:
+                raise EngineError("rlvr.vllm.address: set TULU_ENGINE_AUTHKEY to the engine's key (hex)")
+            try:
+                conn = Client((host, int(port)), authkey=bytes.fromhex(key))
+            except OSError as e:
+                raise EngineError(f"rlvr.vllm.address={opts.address}: cannot connect ({e})") from None
+            log(f"connected to the vLLM engine at {opts.address}")
+            return cls(conn, dtype=dtype, **common)
+        python = _python(opts)
+        where = common["run_dir"] / ENGINE_DIR
+        model_dir = where / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "config.json").write_text(json.dumps(arch.to_hf_config(dtype), indent=2) + "\n")
+        ready, log_file = where / "ready.json", where / "vllm.log"
+        ready.unlink(missing_ok=True)
+        key = secrets.token_hex(16)
+        env = {**os.environ, "TULU_ENGINE_AUTHKEY": key, "PYTHONPATH": str(SIDE_DIR)}
+        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                     "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"):
+            env.pop(name, None)  # the trainer's torch.distributed settings are not the engine's
+        iomp = Path(python).parent.parent / "lib" / "libiomp5.so"  # the vLLM CPU build wants Intel OpenMP first
+        if iomp.is_file() and "LD_PRELOAD" not in env:
+            env["LD_PRELOAD"] = str(iomp)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        if opts.devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = opts.devices
+        cmd = [python, str(SIDE_DIR / "server.py"), "--model", str(model_dir), "--ready-file", str(ready),
+               "--exit-with-client",
+               "--tp", str(opts.tp), "--dtype", str(dtype).removeprefix("torch."),
+               "--max-model-len", str(cfg.train.seq_length), "--seed", str(cfg.runtime.seed),
+               "--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
+        if opts.enforce_eager:
+            cmd.append("--enforce-eager")
+        t0 = time.time()
+        log(f"starting the vLLM engine ({python}); its log: {log_file}")
+        with open(log_file, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        engine = cls(None, proc=proc, log=log_file, dtype=dtype, **common)
+        atexit.register(engine._stop_process)  # never leave an engine behind, whatever ends the trainer
+        while not ready.is_file():
+            if proc.poll() is not None:
+                raise engine._fail("exited during start-up")
+            if time.time() - t0 > opts.startup_timeout_s:
+                raise engine._fail(f"did not start within rlvr.vllm.startup_timeout_s={opts.startup_timeout_s}")
+            time.sleep(0.5)
+        info = json.loads(ready.read_text())
+        engine.conn = Client((info["host"], info["port"]), authkey=bytes.fromhex(key))
+        log(f"vLLM engine up in {time.time() - t0:.0f}s (pid {proc.pid})")
+        return engine
+
+    # ------------------------------------------------------------------------------ requests
+    def _death_message(self, what: str) -> str:
+        lines = [f"the vLLM engine {what}"]
+        if self.proc is not None and self.proc.poll() is not None:
+            lines[0] += f" (pid {self.proc.pid}, exit code {self.proc.returncode})"
+        if self.log is not None and self.log.is_file():
+            tail = self.log.read_text(errors="replace").splitlines()[-15:]
+            lines.append(f"last lines of {self.log}:")
+            lines += ["  " + t for t in tail]
+        latest = self.ckpts.latest() if self.ckpts is not None else None
+        lines.append(f"the last checkpoint, {latest}, is intact: rerun the same command to resume from it"
+                     if latest else "no checkpoint was written yet: rerun the same command to start again")
+        return "\n".join(lines)
+
+    def _stop_process(self, grace: float = 10.0) -> None:
+        """Stop the engine this trainer started, with vLLM's own processes (its process group)."""
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                if sig == signal.SIGTERM:
+                    try:
+                        os.killpg(self.proc.pid, signal.SIGKILL)  # children left behind by the server
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+    def _fail(self, what: str) -> EngineError:
+        message = self._death_message(what)
+        self._stop_process()
+        return EngineError(message)
+
+    def _send(self, op: str, **payload) -> None:
+        try:
+            self.conn.send({"op": op, **payload})
+        except (OSError, EOFError):
+            raise self._fail("connection broke") from None
+
+    def _reply(self) -> dict:
+        deadline = time.time() + self.opts.timeout_s
+        while True:
+            try:
+                if self.conn.poll(1.0):
+                    reply = self.conn.recv()
+                    break
+            except (OSError, EOFError):
+                raise self._fail("closed the connection (it died?)") from None
+            if self.proc is not None and self.proc.poll() is not None:
+                raise self._fail("exited")
+            if time.time() > deadline:
+                raise self._fail(f"sent no reply within rlvr.vllm.timeout_s={self.opts.timeout_s}")
+        if not reply["ok"]:
+            raise self._fail("refused a request:\n" + reply["error"])
+        return reply
+
+    def _call(self, op: str, **payload) -> dict:
+        self._drain()
+        self._send(op, **payload)
+        return self._reply()
+
+    def _drain(self) -> None:
+        """Read the reply of a submitted generation that is still in flight (requests answer in order)."""
+        if self.pending:
+            self.ready = self._reply()
+            self.pending = False
+
+    # ------------------------------------------------------------------------------ generation
+    def submit(self, prompts: list[np.ndarray], *, n: int, max_new_tokens: int, temperature: float, seed: int) -> None:
+        self._drain()
+        self._prompts = [np.asarray(p) for p in prompts]
+        self._send("generate", prompts=[p.tolist() for p in self._prompts], n=n, max_new_tokens=max_new_tokens,
+                   temperature=temperature, seed=seed, stop_token_ids=[self.eos_id])
+        self.pending = True
+
+    def collect(self) -> list[list[Rollout]]:
+        self._drain()
+        reply, self.ready = self.ready, None
+        if reply is None:
+            raise EngineError(self._death_message("has no generation in flight (a request failed)"))
+        version = reply["version"]
+        return [[Rollout(prompt=p, response=np.asarray(ids, dtype=np.int64), logprobs=np.asarray(lps, dtype=np.float64),
+                         finished=reason == "stop", weight_version=version) for ids, lps, reason in group]
+                for p, group in zip(self._prompts, reply["results"])]
+
+    def generate(self, prompts, *, n: int, max_new_tokens: int, temperature: float = 1.0, seed: int = 0):
+        self.submit(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        return self.collect()
+
+    # ------------------------------------------------------------------------------ weights
+    def push_weights(self, chunks, arch, version: int | None = None) -> int:
+        """Collective over the trainer's ranks; returns the bytes sent (rank 0)."""
+        from tulu_mcore.convert.export import export_hf_weights
+
+        version = self.weight_version + 1 if version is None else version
+        bucket_bytes = self.opts.bucket_mb << 20
+        sent, error = 0, None
+        rank0 = self.conn is not None
+        disk = self.opts.transport == "disk"
+        out_dir = self.run_dir / ENGINE_DIR / "weights"
+        try:
+            if rank0 and not disk:
+                self._call("begin")
+            for i, bucket in enumerate(export_hf_weights(chunks, arch, bucket_bytes=bucket_bytes)):
+                if not rank0 or error is not None:
+                    continue  # keep walking the export: it is collective
+                try:
+                    if disk:
+                        self._write_bucket(out_dir, i, bucket)
+                    else:
+                        packed = [(n, str(t.dtype).removeprefix("torch."), list(t.shape), _tensor_bytes(t))
+                                  for n, t in bucket]
+                        self._call("load", packed=packed)
+                    sent += sum(t.numel() * t.element_size() for _, t in bucket)
+                except EngineError as e:
+                    error = str(e)
+            if rank0 and error is None:
+                if disk:
+                    self._call("load_dir", path=str(self._publish(out_dir)), version=version)
+                else:
+                    self._call("end", version=version)
+        except EngineError as e:
+            error = str(e)
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise EngineError(box[0])
+        self.weight_version = version
+        return sent
+
+    def _write_bucket(self, out_dir: Path, i: int, bucket) -> None:
+        from safetensors.torch import save_file
+
+        tmp = out_dir.with_name(out_dir.name + ".partial")
+        if i == 0:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        save_file({n: t.contiguous().cpu() for n, t in bucket}, str(tmp / f"model-{i:05d}.safetensors"))
+
+    @staticmethod
+    def _publish(out_dir: Path) -> Path:
+        import shutil
+
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.with_name(out_dir.name + ".partial").rename(out_dir)
+        return out_dir
+
+    def close(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self._drain()
+                self._send("shutdown")
+                self._reply()
+        except EngineError:
+            pass
+        finally:
+            self.conn.close()
+            self.conn = None
+            self._stop_process(grace=60.0)

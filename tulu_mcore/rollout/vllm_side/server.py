@@ -1,0 +1,160 @@
+"""The vLLM engine process of ``rlvr.engine=vllm``: one vLLM ``LLM`` serving the trainer over a socket.
+
+Runs in the vLLM environment (its own Python and dependencies: imports only the standard library,
+torch and vllm), started by the trainer, or separately (e.g. as its own srun step) and then named by
+``rlvr.vllm.address``:
+
+    TULU_ENGINE_AUTHKEY=<hex> python server.py --model DIR --host 0.0.0.0 --port 5555 --tp 4
+
+``--model`` holds the policy's config.json (weights are pushed by the trainer; the engine starts with
+dummy weights unless ``--load-weights``). Requests (pickled dicts over multiprocessing.connection,
+answered in order): generate, begin/load/end of a weight update, load_dir (safetensors on disk),
+info, shutdown. Every weight update ends with a prefix-cache reset and a new weight version, which
+each generation reports.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from multiprocessing.connection import Listener
+
+
+def build_llm(args):
+    from vllm import LLM
+
+    kwargs = dict(model=args.model, skip_tokenizer_init=True, dtype=args.dtype, max_model_len=args.max_model_len,
+                  tensor_parallel_size=args.tp, enforce_eager=args.enforce_eager, seed=args.seed,
+                  worker_extension_cls="worker.TuluWeightSync", logprobs_mode="processed_logprobs")
+    if not args.load_weights:
+        kwargs["load_format"] = "dummy"
+    if args.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
+    return LLM(**kwargs)
+
+
+class Server:
+    def __init__(self, llm):
+        self.llm = llm
+        self.version = -1  # no weights of the trainer's yet
+
+    def generate(self, prompts, n, max_new_tokens, temperature, seed, stop_token_ids):
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=n, temperature=temperature, max_tokens=max_new_tokens, logprobs=0,
+                                 seed=seed * 1_000_003 + i, stop_token_ids=list(stop_token_ids), detokenize=False)
+                  for i in range(len(prompts))]
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        results = []
+        for out in outs:
+            group = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                logps = [lp[t].logprob for t, lp in zip(ids, c.logprobs)]
+                group.append((ids, logps, c.finish_reason))
+            results.append(group)
+        return {"results": results, "version": self.version}
+
+    def begin(self):
+        self.llm.collective_rpc("tulu_begin")
+        return {}
+
+    def load(self, packed):
+        self.llm.collective_rpc("tulu_load", args=(packed,))
+        return {"tensors": len(packed)}
+
+    def end(self, version):
+        self.llm.collective_rpc("tulu_end")
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return {"version": version}
+
+    def load_dir(self, path, version):
+        self.llm.collective_rpc("tulu_load_dir", args=(path,))
+        self.llm.reset_prefix_cache()
+        self.version = version
+        return {"version": version}
+
+    def info(self):
+        import vllm
+
+        return {"version": self.version, "pid": os.getpid(), "vllm": vllm.__version__}
+
+
+def watch_engine_core(llm) -> None:
+    """Exit when vLLM's engine core dies: a generate in flight would otherwise wait for it forever,
+    and the trainer could not tell a dead engine from a slow one."""
+    import threading
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            resources = getattr(getattr(llm.llm_engine, "engine_core", None), "resources", None)
+            if resources is not None and getattr(resources, "engine_dead", False):
+                print("[engine] vLLM's engine core died; exiting", flush=True)
+                os._exit(70)
+
+    threading.Thread(target=watch, daemon=True, name="engine-core-watch").start()
+
+
+def serve(server: Server, listener: Listener, exit_with_client: bool) -> None:
+    while True:
+        conn = listener.accept()
+        with conn:
+            while True:
+                try:
+                    request = conn.recv()
+                except (EOFError, ConnectionError):
+                    break  # the trainer went away
+                op = request.pop("op")
+                if op == "shutdown":
+                    conn.send({"ok": True})
+                    return
+                t0 = time.time()
+                try:
+                    reply = {"ok": True, **getattr(server, op)(**request)}
+                except Exception:
+                    reply = {"ok": False, "error": traceback.format_exc()}
+                reply["seconds"] = time.time() - t0
+                conn.send(reply)
+        if exit_with_client:
+            return
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="directory with the policy's config.json")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: any free port (written to --ready-file)")
+    p.add_argument("--ready-file", help="written (JSON: host, port, pid) once the engine accepts requests")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--max-model-len", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpu-memory-utilization", type=float, default=None)
+    p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--load-weights", action="store_true", help="load --model's safetensors (default: dummy weights)")
+    p.add_argument("--exit-with-client", action="store_true",
+                   help="exit when the trainer's connection closes (an engine the trainer started)")
+    args = p.parse_args(argv)
+    key = os.environ.get("TULU_ENGINE_AUTHKEY")
+    if not key:
+        sys.exit("error: set TULU_ENGINE_AUTHKEY (hex) to the key the trainer uses")
+    llm = build_llm(args)
+    watch_engine_core(llm)
+    listener = Listener((args.host, args.port), authkey=bytes.fromhex(key))
+    host, port = listener.address
+    if args.ready_file:
+        tmp = args.ready_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"host": host, "port": port, "pid": os.getpid()}, f)
+        os.replace(tmp, args.ready_file)
+    print(f"[engine] serving on {host}:{port}", flush=True)
+    serve(Server(llm), listener, args.exit_with_client)
+    print("[engine] shut down", flush=True)
+
+
+if __name__ == "__main__":
+    main()
