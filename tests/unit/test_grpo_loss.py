@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tulu_mcore.algorithms.grpo import group_advantages, grpo_token_loss, per_token
+from tulu_mcore.algorithms.grpo import group_advantages, grpo_token_loss
+from tulu_mcore.training.rollouts import from_token, per_token
 from tulu_mcore.data.packing import pack
 
 
@@ -53,3 +54,7 @@ def test_per_token_values_sit_where_the_response_is_predicted():
     arr = per_token(row, docs, "v")
     assert torch.equal(arr != 0, row.loss_mask != 0)  # exactly at the trained positions
     assert sorted(arr[arr != 0].tolist()) == pytest.approx([0.5, 0.7, 0.9])
+    # and back: from_token reads each document's values from the same positions
+    back = [dict(d) for d in docs]
+    from_token(row, arr, back, "w")
+    assert [list(d["w"]) for d in back] == [pytest.approx([0.5, 0.7]), pytest.approx([0.9])]

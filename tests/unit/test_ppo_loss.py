@@ -1,0 +1,59 @@
+"""PPO pieces against formulas written out here: kl1-shaped rewards, GAE (as the discounted sum of TD
+errors), the clipped surrogate and the clipped value loss, and whitening over the step."""
+
+import numpy as np
+import pytest
+import torch
+
+from tulu_mcore.algorithms.ppo import gae, policy_loss, shaped_rewards, value_loss
+from tulu_mcore.config.schema import RlvrConfig
+
+
+def test_shaped_rewards_put_the_score_on_the_last_token():
+    logp, ref = np.array([-1.0, -2.0, -0.5]), np.array([-1.5, -2.0, -0.25])
+    r = shaped_rewards(10.0, logp, ref, beta=0.05)
+    assert r == pytest.approx([-0.05 * 0.5, 0.0, -0.05 * -0.25 + 10.0])
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (1.0, 1.0), (1.0, 0.0)])
+def test_gae_is_the_discounted_sum_of_td_errors(gamma, lam):
+    rng = np.random.default_rng(0)
+    rewards, values = rng.normal(size=7), rng.normal(size=7)
+    adv, ret = gae(rewards, values, gamma, lam)
+    v_next = np.append(values[1:], 0.0)  # no value after the last token
+    delta = rewards + gamma * v_next - values
+    expected = [sum((gamma * lam) ** k * delta[t + k] for k in range(7 - t)) for t in range(7)]
+    assert adv == pytest.approx(expected)
+    assert ret == pytest.approx(adv + values)
+    if gamma == 1.0 and lam == 1.0:  # Monte-Carlo: returns are the rewards to go
+        assert ret == pytest.approx(np.cumsum(rewards[::-1])[::-1])
+
+
+def _batch(**tensors):
+    return {k: torch.tensor([v], dtype=torch.float64) for k, v in tensors.items()}
+
+
+def test_policy_loss_clips_the_ratio():
+    logp = torch.tensor([[-1.0, -0.5, -2.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    old = [-1.0, -1.0, -1.0, 0.0]
+    adv = [1.0, 1.0, -1.0, 5.0]
+    batch = _batch(loss_mask=[1, 1, 1, 0], old_logps=old, advantages=adv)
+    total, n, report = policy_loss(batch, 0.2, -logp)
+    ratio = np.exp(np.array([-1.0, -0.5, -2.0]) - np.array(old[:3]))
+    expected = [-min(r * a, np.clip(r, 0.8, 1.2) * a) for r, a in zip(ratio, adv[:3])]
+    assert total.item() == pytest.approx(sum(expected)) and int(n) == 3
+    total.backward()
+    # token 1: ratio e^0.5 > 1.2 with A > 0 -> clipped, no gradient; token 2: ratio e^-1 < 0.8 with A < 0 -> clipped
+    assert logp.grad[0].tolist() == pytest.approx([-1.0, 0.0, 0.0, 0.0])
+    assert report["ppo"][2].item() == 2  # clipped tokens
+
+
+def test_value_loss_is_half_the_larger_squared_error_times_vf_coef():
+    opts = RlvrConfig(vf_coef=0.1, value_clip=0.2)
+    v = torch.tensor([[[1.0], [0.5], [2.0]]], dtype=torch.float64, requires_grad=True)
+    batch = _batch(loss_mask=[1, 1, 1], old_values=[0.5, 0.5, 1.0], returns=[1.2, 0.0, 1.1])
+    total, n, _ = value_loss(batch, opts, v)
+    vv, old, ret = np.array([1.0, 0.5, 2.0]), np.array([0.5, 0.5, 1.0]), np.array([1.2, 0.0, 1.1])
+    clipped = old + np.clip(vv - old, -0.2, 0.2)
+    expected = 0.1 * 0.5 * np.maximum((vv - ret) ** 2, (clipped - ret) ** 2)
+    assert total.item() == pytest.approx(expected.sum()) and int(n) == 3
