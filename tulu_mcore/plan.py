@@ -15,7 +15,10 @@ embedding and the most micro-batches in flight; the last when it holds more) as:
   recomputed;
 * **logits**: the last stage's vocab-parallel cross entropy on one micro-batch (bf16 logits, their fp32
   copy and the fp32 softmax kept for the backward);
-* **framework**: CUDA context, NCCL and allocator reserve on a GPU (none on CPU).
+* **framework**: CUDA context, NCCL and allocator reserve on a GPU (none on CPU);
+* RL (``recipe=rlvr_*``): the frozen **reference** (weights only) and, for PPO, the **value model**
+  (weights, gradients and optimizer state of ``plan.value_arch``, default the policy's architecture).
+  The vLLM engine's GPUs (``launcher.engine_nodes``) are counted apart from the trainer's.
 
 FLOPs use Megatron's causal formula (:mod:`tulu_mcore.metrics.flops`); the step time is the step's
 FLOPs at the stated MFU, the bubble that of the pipeline schedule.
@@ -37,7 +40,7 @@ FRAMEWORK_GIB = {"cuda": 4.0, "cpu": 0.0}  # CUDA context + NCCL buffers + alloc
 
 @dataclass
 class Plan:
-    gpus: int
+    gpus: int  # the trainer's
     layout: Layout
     params_total: int
     params_per_gpu: int
@@ -49,6 +52,7 @@ class Plan:
     mfu: float = 0.4
     bubble: float = 0.0
     advice: list[str] = field(default_factory=list)
+    engine_gpus: int = 0  # a rollout engine's own GPUs (RLVR with vLLM)
 
     @property
     def peak_gib(self) -> float:
@@ -158,6 +162,11 @@ def estimate(cfg: RunConfig, lay: Layout, *, device: str = "cuda", capacity_gib:
                        if rank == lay.pp - 1 and head == "lm" else 0.0),
             "framework": FRAMEWORK_GIB[device],
         }
+        if cfg.recipe.name.startswith("rlvr_"):
+            mem["reference"] = per_stage[rank] * pbytes / GIB
+        if cfg.recipe.name == "rlvr_ppo":
+            v = stage_params(value_arch(cfg), lay, "score")[rank]
+            mem["value model"] = v * (pbytes + grad_bytes + opt_bytes / shards) / GIB
         if best is None or sum(mem.values()) > sum(best[1].values()):
             best = (rank, mem)
     rank, mem = best
@@ -165,14 +174,35 @@ def estimate(cfg: RunConfig, lay: Layout, *, device: str = "cuda", capacity_gib:
     pairs = cfg.recipe.name in ("dpo", "rm")
     step_tokens = t.global_batch_size * seq * (2 if pairs else 1)
     passes = 4 / 3 if cfg.recipe.name == "dpo" and cfg.dpo.reference == "live" else 1.0
+    if cfg.recipe.name.startswith("rlvr_"):  # rows of prompt + response: seq bounds one sequence
+        step_tokens *= cfg.rlvr.samples_per_prompt
+        # GRPO: a training pass + a reference forward; PPO: policy and value model trained ppo_epochs
+        # times (the value model counted at the policy's size: an upper bound) + 3 forwards
+        passes = 4 / 3 if cfg.recipe.name == "rlvr_grpo" else (2 * cfg.rlvr.ppo_epochs * 3 + 3) / 3
     flops = flops_per_token(arch, seq) * step_tokens * passes
     peak = PEAK_FLOPS[("H100", "fp8" if cfg.precision.fp8 else "bf16")]
     plan = Plan(gpus=lay.world_size, layout=lay, params_total=total, params_per_gpu=per_stage[rank],
                 memory=mem, capacity_gib=capacity_gib, tokens_per_step=step_tokens, flops_per_step=flops,
-                step_time_s=flops / (lay.world_size * peak * mfu), mfu=mfu, bubble=bubble(lay))
+                step_time_s=flops / (lay.world_size * peak * mfu), mfu=mfu, bubble=bubble(lay),
+                engine_gpus=engine_gpus(cfg))
     if not plan.fits:
         plan.advice = advice(cfg, lay, mem, capacity_gib)
     return plan
+
+
+def value_arch(cfg: RunConfig) -> LlamaArch:
+    if not cfg.plan.value_arch:
+        return cfg.model.arch
+    from tulu_mcore.config.compose import model_preset
+
+    return model_preset(cfg.plan.value_arch).arch
+
+
+def engine_gpus(cfg: RunConfig) -> int:
+    """GPUs of the vLLM engine's own nodes (RLVR with rlvr.engine=vllm started by the launcher)."""
+    if not cfg.recipe.name.startswith("rlvr_") or cfg.rlvr.engine != "vllm":
+        return 0
+    return cfg.launcher.engine_nodes * cfg.launcher.ranks_per_node
 
 
 def advice(cfg: RunConfig, lay: Layout, mem: dict[str, float], capacity: float) -> list[str]:
@@ -206,7 +236,11 @@ def report(plan: Plan, cfg: RunConfig) -> str:
         f"step: {plan.tokens_per_step:,} tokens, {plan.flops_per_step / 1e15:.1f} PFLOP; "
         f"{plan.step_time_s:.2f} s at {plan.mfu:.0%} MFU",
     ]
+    if plan.engine_gpus:
+        lines.append(f"GPUs: {plan.gpus} for the trainer + {plan.engine_gpus} for the vLLM engine "
+                     f"(rlvr.vllm.tp={cfg.rlvr.vllm.tp}) = {plan.gpus + plan.engine_gpus}")
     lines += [f"to fit: {a}" for a in plan.advice]
     lines.append(f"params_total={plan.params_total}")
-    lines.append(f"fits={'true' if plan.fits else 'false'} peak_gib={plan.peak_gib:.2f} gpus={plan.gpus}")
+    lines.append(f"fits={'true' if plan.fits else 'false'} peak_gib={plan.peak_gib:.2f} "
+                 f"gpus={plan.gpus + plan.engine_gpus}")
     return "\n".join(lines)

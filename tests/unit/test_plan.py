@@ -53,19 +53,26 @@ def plan_cli(*args):
     return subprocess.run([sys.executable, "-m", "tulu_mcore.cli.plan", *args], capture_output=True, text=True, cwd=ROOT)
 
 
-STATED_GPUS = {"8b": 8, "70b": 64, "405b": 256}  # the H100 counts the experiments' comments state
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("tulu3_*.yaml"))
+STATED_GPUS = {"8b": 8, "70b": 64, "405b": 256}  # the Tülu runs' H100 counts (SFT, DPO, RM)
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("tulu3*_*.yaml"))
 
 
 def test_every_experiment_is_planned():
     assert {"tulu3_8b_sft", "tulu3_70b_sft", "tulu3_405b_sft", "tulu3_8b_dpo", "tulu3_70b_dpo", "tulu3_405b_dpo",
-            "tulu3_8b_rm"} <= set(EXPERIMENTS)
+            "tulu3_8b_rm", "tulu3_8b_rlvr_ppo", "tulu3_70b_rlvr_ppo", "tulu3_405b_rlvr_ppo",
+            "tulu31_8b_rlvr_grpo"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_golden_experiments_fit_their_gpus(experiment):
-    gpus = STATED_GPUS[experiment.split("_")[1]]
-    assert f"{gpus} H100" in (ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text()
+    import re
+
+    text = (ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text()
+    gpus = int(re.search(r"Sized for (\d+) H100", text).group(1))  # the count the comment states
+    if "rlvr" not in experiment:  # RL adds the engine's GPUs and, for PPO, a value model
+        assert gpus == STATED_GPUS[experiment.split("_")[1]]
+    else:  # the trainer / engine split is stated, and adds up
+        assert re.search(r"the trainer on \d+", text) and "vLLM engine" in text
     proc = plan_cli(f"experiment={experiment}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     *_, params, last = proc.stdout.strip().splitlines()

@@ -29,7 +29,7 @@ from tulu_mcore.rollout.steps import StepRollouts, make_engine
 from tulu_mcore.training.rollouts import load_rlvr_data, pack_docs, per_token, score, step_prompts, verifier_record
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.setup import current_lr
-from tulu_mcore.training.step import optimizer_step, packed_forward, reduce_report
+from tulu_mcore.training.step import forward_outputs, optimizer_step, packed_forward, reduce_report
 
 REPORT = 5  # loss sum, response tokens, kl3 sum, |engine - trainer| log-prob sum, clipped tokens
 
@@ -101,16 +101,16 @@ def run(cfg: RunConfig) -> dict:
             for d, a in zip(docs, adv.reshape(-1)):
                 d["advantages"] = np.full(len(d["ids"]) - d["prompt_len"], a)
             rows = pack_docs(docs, tr)
-            batches = []
-            for row in rows:
-                batch = row.as_batch()
-                with torch.no_grad():  # the reference's log-prob of every response token
-                    ce, _ = packed_forward(batch, reference[0])
-                batch.update(ref_logps=-ce.float().cpu(), advantages=per_token(row, docs, "advantages"),
+            batches = [row.as_batch() for row in rows]
+            # the reference's log-prob of every response token (read by the loss, on the last stage)
+            ref = forward_outputs(reference, batches, seq_length=cfg.train.seq_length)
+            for i, (row, batch) in enumerate(zip(rows, batches)):
+                batch.update(advantages=per_token(row, docs, "advantages"),
                              engine_logps=per_token(row, docs, "engine_logps"))
+                if ref is not None:
+                    batch["ref_logps"] = -ref[i].float()
                 if opts.async_generation:  # rollouts of the previous weights: the ratio to them is clipped
                     batch["old_logps"] = batch["engine_logps"]
-                batches.append(batch)
             t_ref = time.time()
             lr = current_lr(optimizer)
             losses, ok, grad_norm = optimizer_step(model, optimizer, batches, seq_length=cfg.train.seq_length,

@@ -31,11 +31,11 @@ from tulu_mcore.config.schema import RlvrConfig, RunConfig
 from tulu_mcore.errors import UserError
 from tulu_mcore.rollout.steps import StepRollouts, make_engine
 from tulu_mcore.training.critic import ValueModel
-from tulu_mcore.training.rollouts import (from_token, load_rlvr_data, pack_docs, per_token, score, step_prompts,
-                                          verifier_record)
+from tulu_mcore.training.rollouts import (from_token, is_replica_reporter, load_rlvr_data, pack_docs, per_token,
+                                          score, step_prompts, verifier_record)
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.setup import current_lr
-from tulu_mcore.training.step import optimizer_step, packed_forward, reduce_report
+from tulu_mcore.training.step import forward_outputs, optimizer_step, packed_forward, reduce_report
 
 POLICY_REPORT = 4  # loss sum, response tokens, clipped tokens, approximate KL(π_old || π) sum
 VALUE_REPORT = 4  # loss sum, response tokens, clipped tokens, squared error sum
@@ -101,7 +101,8 @@ def value_forward_step(data_iterator, model, opts: RlvrConfig):
 
 
 def whiten(docs: list[dict], key: str) -> None:
-    """docs[i][key] -> (x - mean) / (std + 1e-8) over all tokens of the step (every DP rank's docs)."""
+    """docs[i][key] -> (x - mean) / (std + 1e-8) over all tokens of the step (every DP rank's docs;
+    called by the ranks of one pipeline stage)."""
     from megatron.core import parallel_state as ps
 
     x = np.concatenate([d[key] for d in docs])
@@ -115,8 +116,6 @@ def whiten(docs: list[dict], key: str) -> None:
 
 
 def run(cfg: RunConfig) -> dict:
-    from megatron.core import parallel_state as ps
-
     opts = cfg.rlvr
     tr = TrainingRun(cfg, "ppo")
     data = load_rlvr_data(cfg, tr.tokenizer, tr.log)
@@ -145,20 +144,29 @@ def run(cfg: RunConfig) -> dict:
             docs, scores, counts = score([data.prompts[i] for i in mine], groups, tr.tokenizer, opts)
             rows = pack_docs(docs, tr)
             batches = [row.as_batch() for row in rows]
-            with torch.no_grad():  # π_old, π_ref and V_old of every response token
+            seq = cfg.train.seq_length
+            # π_old, π_ref and V_old of every response token, on the last pipeline stage (the only one
+            # whose loss reads per-token values)
+            outs = {key: forward_outputs(net, batches, seq_length=seq, labels=labels)
+                    for key, net, labels in (("old_logps", model, True), ("ref_logps", reference, True),
+                                             ("old_values", value.model, False))}
+            last_stage = outs["old_logps"] is not None
+            stats = torch.zeros(2, dtype=torch.float64)  # |engine - trainer| and kl1 sums
+            if last_stage:
+                for key, per_row in outs.items():
+                    for row, out in zip(rows, per_row):
+                        from_token(row, out if key == "old_values" else -out, docs, key)
+                if is_replica_reporter():
+                    stats += torch.tensor([sum(np.abs(d["old_logps"] - d["engine_logps"]).sum() for d in docs),
+                                           sum((d["old_logps"] - d["ref_logps"]).sum() for d in docs)])
+                for d, s in zip(docs, scores.reshape(-1)):
+                    rewards = shaped_rewards(s, d["old_logps"], d["ref_logps"], opts.beta)
+                    d["advantages"], d["returns"] = gae(rewards, d["old_values"], opts.gamma, opts.lam)
+                whiten(docs, "advantages")
                 for row, batch in zip(rows, batches):
-                    for key, net, labels in (("old_logps", model[0], True), ("ref_logps", reference[0], True),
-                                             ("old_values", value.model[0], False)):
-                        out, _ = packed_forward(batch, net, labels=labels)
-                        from_token(row, -out if labels else out, docs, key)
-            agree = sum(np.abs(d["old_logps"] - d["engine_logps"]).sum() for d in docs)
-            kl_sum = sum((d["old_logps"] - d["ref_logps"]).sum() for d in docs)
-            for d, s in zip(docs, scores.reshape(-1)):
-                rewards = shaped_rewards(s, d["old_logps"], d["ref_logps"], opts.beta)
-                d["advantages"], d["returns"] = gae(rewards, d["old_values"], opts.gamma, opts.lam)
-            whiten(docs, "advantages")
-            for row, batch in zip(rows, batches):
-                batch.update({k: per_token(row, docs, k) for k in ("old_logps", "advantages", "old_values", "returns")})
+                    batch.update({k: per_token(row, docs, k) for k in ("old_logps", "advantages", "old_values",
+                                                                       "returns")})
+            dist.all_reduce(stats)
             t_ref = time.time()
             lr = current_lr(optimizer)
             last = None
@@ -179,8 +187,6 @@ def run(cfg: RunConfig) -> dict:
             pushed = rollouts.push(model, tr.arch)
             step += 1
             (loss, tokens, *_), (v_loss, _, _, v_sq) = last
-            stats = torch.tensor([agree, kl_sum], dtype=torch.float64)
-            dist.all_reduce(stats, group=ps.get_data_parallel_group())
             n_epochs = opts.ppo_epochs
             record = {
                 "loss": loss / tokens,  # the policy's surrogate on the last pass (the first is 0 by whitening)

@@ -185,8 +185,9 @@ class LauncherConfig:
     # tulu-launch only (tulu-train ignores this section): where and how the ranks start
     name: str = "local"  # local: torchrun on this machine | slurm: an sbatch script, submitted
     dry_run: bool = False  # slurm: print the script instead of submitting it
-    nodes: int = 1
+    nodes: int = 1  # the trainer's nodes
     ranks_per_node: int = 8  # one rank per GPU
+    engine_nodes: int = 0  # RLVR with rlvr.engine=vllm: further nodes for the vLLM engine (its own srun step)
     gpus: bool = True  # request ranks_per_node GPUs per node (false on CPU-only partitions)
     process_model: str = "srun_per_rank"  # srun_per_rank (one task per GPU) | torchrun_per_node
     partition: str | None = None
@@ -216,6 +217,7 @@ class PlanConfig:
     mfu: float = 0.40  # the model-FLOPs utilisation the step time is stated at
     tokens_per_sequence: int | None = None  # average sequence length for FLOPs (default data.max_seq_len or
     # train.seq_length: an upper bound for packed data)
+    value_arch: str | None = None  # PPO: the value model's preset (conf/model) when it is not the policy's
 
 
 @dataclass

@@ -278,10 +278,12 @@ def _check_rlvr(cfg: RunConfig, err) -> None:
     r, par, name = cfg.rlvr, cfg.parallel, cfg.recipe.name
     _choice(err, "rlvr.engine", r.engine, ENGINES)
     _choice(err, "rlvr.vllm.transport", r.vllm.transport, WEIGHT_TRANSPORTS)
-    if par.pp > 1 or par.cp > 1:
-        err(f"recipe={name} runs the policy, reference (and value) models forward per packed row and generates "
-            f"in place with the megatron engine: it needs parallel.pp=1 and parallel.cp=1 (got pp={par.pp}, "
-            f"cp={par.cp}); use tensor and data parallelism")
+    if par.cp > 1:
+        err(f"recipe={name}: parallel.cp={par.cp}; RL rows hold short prompt + response sequences, use "
+            "parallel.cp=1 (tensor, pipeline and data parallelism)")
+    if par.pp > 1 and r.engine == "megatron":
+        err(f"recipe={name} with rlvr.engine=megatron generates in the trainer's processes, which needs "
+            f"parallel.pp=1 (got {par.pp}); use rlvr.engine=vllm for pipeline-parallel policies")
     if name == "rlvr_grpo" and r.samples_per_prompt < 2:
         err(f"rlvr.samples_per_prompt={r.samples_per_prompt}: GRPO normalises within a prompt's samples; use >= 2")
     if r.samples_per_prompt < 1 or r.max_new_tokens < 1 or r.temperature < 0 or not 0 < r.clip < 1 or r.beta < 0:

@@ -109,13 +109,19 @@ def from_token(row, values: torch.Tensor, docs: list[dict], key: str) -> None:
         docs[unit][key] = values[start:start + n].double().cpu().numpy()
 
 
-def verifier_record(counts: torch.Tensor) -> dict:
-    """The step's verifier metrics over all data-parallel ranks (`counts` from score(); every TP rank
-    of a replica scored the same rollouts, so only TP rank 0 contributes)."""
+def is_replica_reporter() -> bool:
+    """One rank per data-parallel replica (TP rank 0 of the last pipeline stage, which also holds the
+    per-token results of forward passes)."""
     from megatron.core import parallel_state as ps
 
+    return ps.get_tensor_model_parallel_rank() == 0 and ps.is_pipeline_last_stage(ignore_virtual=True)
+
+
+def verifier_record(counts: torch.Tensor) -> dict:
+    """The step's verifier metrics over all data-parallel ranks (`counts` from score(); every TP rank
+    and pipeline stage of a replica scored the same rollouts, so one rank per replica contributes)."""
     counts = counts.clone()
-    if ps.get_tensor_model_parallel_rank() != 0:
+    if not is_replica_reporter():
         counts.zero_()
     dist.all_reduce(counts)
     n, verified, no_eos, length, total = counts.sum(0).tolist()

@@ -119,6 +119,29 @@ def run_schedule(model, microbatches: list[dict], *, seq_length: int, forward_st
     )
 
 
+def forward_outputs(model, microbatches: list[dict], *, seq_length: int, labels: bool = True) -> list | None:
+    """Forward only, through the pipeline schedule: each packed micro-batch's output on the last
+    pipeline stage (per-token cross entropy [1, s] with `labels`, else the head's output [1, s, 1]);
+    None on the other stages, which only pass activations on."""
+    from megatron.core import parallel_state as ps
+
+    def step(data_iterator, chunk):
+        batch = next(data_iterator)
+        output, _ = packed_forward(batch, chunk, labels=labels)
+
+        def keep(output_tensor):
+            zero = output_tensor.float().sum() * 0.0
+            return zero, torch.tensor(1, dtype=torch.int, device=zero.device), {"out": output_tensor.detach().cpu()}
+
+        return output, keep
+
+    with torch.no_grad():
+        reports = run_schedule(model, microbatches, seq_length=seq_length, forward_step=step, forward_only=True)
+    if not ps.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    return [r["out"] for r in reports]
+
+
 def optimizer_step(model, optimizer, microbatches: list[dict], *, seq_length: int, forward_step,
                    micro_batch_size: int = 1) -> tuple[list[dict], bool, float]:
     """Forward/backward over this rank's micro-batches, then one optimizer step: (reports, whether
