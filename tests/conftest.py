@@ -129,6 +129,19 @@ def vllm_hf(tmp_path_factory, tiny_arch) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory) -> Path:
+    """The main job (`tulu-demo`: SFT -> DPO -> RLVR on the built-in tiny default, 2 ranks), run once;
+    its output directory (sft/, dpo/, rlvr/, summary.json)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.demo", "--out", str(out)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=1200)
+    if proc.returncode != 0:
+        raise AssertionError(f"tulu-demo failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
+    (out / "stdout.txt").write_text(proc.stdout)
+    return out
+
+
+@pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tokenized")
 

@@ -108,3 +108,20 @@ def test_torchrun_per_node_variant():
 def test_bad_launcher_settings_are_refused(override, needle):
     with pytest.raises(UserError, match=needle):
         render(["recipe=sft", "launcher=slurm", override], workdir="/w", python="python")
+
+
+def test_rlvr_with_vllm_engine_gets_its_own_nodes_and_srun_step():
+    args = ["experiment=tulu31_8b_rlvr_grpo", "launcher=slurm", "launcher.env_profile=none", "run.dir=/r",
+            "rlvr.vllm.python=/vllm/bin/python"]
+    text = render(args, workdir="/w", python="/venv/bin/python")
+    assert "#SBATCH --nodes=2\n" in text  # 1 trainer node + 1 engine node
+    assert 'TRAIN_NODES=$(IFS=,; echo "${NODES[*]:0:1}")\nENGINE_HOST=${NODES[1]}\n' in text
+    engine = text[text.index('srun --nodes=1 --ntasks=1 --nodelist="$ENGINE_HOST"'):text.index("ENGINE_STEP=$!")]
+    assert "/vllm/bin/python " in engine and "vllm_side/server.py --model /r/engine/model --host 0.0.0.0" in engine
+    assert "--tp 8 --dtype bfloat16 --max-model-len 4096" in engine and engine.rstrip().endswith("2>&1 &")
+    trainer = text[text.index("srun --kill-on-bad-exit=1"):text.index("STEP=$!\n# wait")]
+    assert '--nodes=1 --nodelist="$TRAIN_NODES"' in trainer
+    assert trainer.rstrip().endswith("rlvr.vllm.address=$ENGINE_HOST:$ENGINE_PORT &")  # expanded by the shell
+    assert text.index('kill "$ENGINE_STEP"') < text.index('exit "$RC"')
+    with pytest.raises(UserError, match="rlvr.vllm.python"):
+        render(args[:-1], workdir="/w", python="python")

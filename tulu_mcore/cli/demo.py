@@ -6,13 +6,18 @@
 2. A check of the export against the final checkpoint (``tulu-convert verify`` at TP2).
 3. Tülu 3 DPO of that SFT model on the built-in preference pairs (correct vs wrong answers), with the
    reference log-probs cached before training: ``tulu-train recipe=dpo model.init=<the SFT run>``.
-4. A summary: the loss curves, tokens/s, packing efficiency, DPO's preference accuracy and margin, and
-   the final model answering a prompt through ``transformers``.
+4. RL with verifiable rewards (GRPO, Tülu 3.1) from the DPO model on the built-in verifiable prompts
+   (arithmetic with exact answers, instructions with checkable constraints), rollouts from the megatron
+   engine: ``tulu-train recipe=rlvr_grpo model.init=<the DPO run>``.
+5. A summary (also in ``<out>/summary.json``): the loss curves, tokens/s, packing efficiency, DPO's
+   preference accuracy and margin, the verified rate of RLVR's rollouts per dataset (first vs last
+   quarter of the steps), and the final model answering a prompt through ``transformers``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import time
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         _say(f"removing the previous demo run in {out}")
         shutil.rmtree(out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    sft_dir, dpo_dir = out / "sft", out / "dpo"
+    sft_dir, dpo_dir, rl_dir = out / "sft", out / "dpo", out / "rlvr"
     # 10 passes over the 480 demo conversations: the recipe's 2 are enough for real models, not for
     # a randomly initialised tiny one to learn the answers' format
     sft_args = ["recipe=sft", "model=tiny", f"run.dir={sft_dir}", f"runtime.device={device}", "train.epochs=10",
@@ -92,9 +97,15 @@ def main(argv: list[str] | None = None) -> None:
                 "train.epochs=2", f"data.cache_dir={out / 'cache'}"]
     dpo_s = _train(dpo_args, args.ranks, device)
 
-    sft, dpo = read_metrics(sft_dir), read_metrics(dpo_dir)
-    if not sft or not dpo:
-        raise UserError(f"{sft_dir if not sft else dpo_dir}/metrics.jsonl is empty: training logged no step")
+    # 2 passes over the 256 demo prompts (8 per step, 8 samples each); a tiny model's LR
+    rl_args = ["recipe=rlvr_grpo", f"model.init={dpo_dir}", f"run.dir={rl_dir}", f"runtime.device={device}",
+               "train.epochs=2", "optim.lr=2e-3"]
+    rl_s = _train(rl_args, args.ranks, device)
+
+    sft, dpo, rl = read_metrics(sft_dir), read_metrics(dpo_dir), read_metrics(rl_dir)
+    for d, m in ((sft_dir, sft), (dpo_dir, dpo), (rl_dir, rl)):
+        if not m:
+            raise UserError(f"{d}/metrics.jsonl is empty: training logged no step")
     losses = [r["loss"] for r in sft]
     tps = sum(r["tokens"] for r in sft) / sum(r["step_time_s"] for r in sft)
     eff = sum(r["packing_efficiency"] for r in sft) / len(sft)
@@ -110,9 +121,31 @@ def main(argv: list[str] | None = None) -> None:
          f"{dpo[0]['loss']:.3f} -> {dpo[-1]['loss']:.3f}; preference accuracy {acc[0]:.0%} -> {acc[1]:.0%}, "
          f"margin {margin[0]:.2f} -> {margin[1]:.2f} (first vs last quarter of the steps)")
     _say(f"DPO loss curve: {sparkline([r['loss'] for r in dpo])}")
+    quarter = max(1, len(rl) // 4)
+    rates = {}
+    for key in ("verified_rate", "verified_rate_gsm8k", "verified_rate_ifeval"):
+        parts = [[r[key] for r in part if key in r] for part in (rl[:quarter], rl[-quarter:])]
+        rates[key] = [sum(p) / len(p) if p else 0.0 for p in parts]
+    _say(f"RLVR (GRPO): {len(rl)} steps in {rl_s:.0f}s (with start-up); verified rate of the rollouts "
+         f"{rates['verified_rate'][0]:.0%} -> {rates['verified_rate'][1]:.0%} (arithmetic "
+         f"{rates['verified_rate_gsm8k'][0]:.0%} -> {rates['verified_rate_gsm8k'][1]:.0%}, constraints "
+         f"{rates['verified_rate_ifeval'][0]:.0%} -> {rates['verified_rate_ifeval'][1]:.0%}; first vs last "
+         f"quarter of the steps); KL to the DPO model {rl[-1]['kl']:.2f}")
+    _say(f"RLVR verified-rate curve: {sparkline([r['verified_rate'] for r in rl])}")
     question = "Mia has 7 apples and gets 5 more. How many apples does Mia have now?"
-    _say(f"the exported DPO model, asked {question!r}: {generate(dpo_dir / 'hf', question)!r}")
-    _say(f"run directories: {sft_dir}, {dpo_dir} (metrics.jsonl, checkpoints/, hf/)")
+    answer = generate(rl_dir / "hf", question)
+    _say(f"the exported RLVR model, asked {question!r}: {answer!r}")
+    _say(f"run directories: {sft_dir}, {dpo_dir}, {rl_dir} (metrics.jsonl, checkpoints/, hf/)")
+    summary = {
+        "export_check": {"max_abs_logit_diff": result["max_abs_logit_diff"], "ok": ok},
+        "sft": {"steps": len(sft), "loss_first": losses[0], "loss_last": losses[-1], "tokens_per_s": tps},
+        "dpo": {"steps": len(dpo), "accuracy_first_quarter": acc[0], "accuracy_last_quarter": acc[1],
+                "margin_first_quarter": margin[0], "margin_last_quarter": margin[1]},
+        "rlvr": {"steps": len(rl), **{f"{k}_first_quarter": v[0] for k, v in rates.items()},
+                 **{f"{k}_last_quarter": v[1] for k, v in rates.items()}, "kl_last": rl[-1]["kl"]},
+        "answer": answer,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not ok:
         raise SystemExit(1)
 

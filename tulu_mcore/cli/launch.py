@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                             + " (details: tulu-plan with the same overrides)")
     else:
         validate(cfg, world, device="cpu")
-    from tulu_mcore.launch.slurm import job_name, render_sbatch, submit
+    from tulu_mcore.launch.slurm import engine_step, job_name, render_sbatch, submit
 
     script = render_sbatch(cfg, train_overrides(argv, run_dir), workdir=str(Path.cwd()),
                            python=lc.python or ("python" if lc.container_image else sys.executable),
@@ -94,6 +94,15 @@ def main(argv: list[str] | None = None) -> None:
         print(script, end="")
         return
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    if engine_step(cfg):  # the engine starts from the policy's config.json; the trainer pushes the weights
+        import json
+
+        from tulu_mcore.dtypes import TORCH_DTYPES
+
+        model_dir = run_dir / "engine" / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "config.json").write_text(
+            json.dumps(cfg.model.arch.to_hf_config(TORCH_DTYPES[cfg.precision.params_dtype]), indent=2) + "\n")
     path = run_dir / "job.sbatch"
     path.write_text(script)
     job = submit(path)

@@ -7,6 +7,11 @@ the allocation and a port from the job id, then one ``srun``: a task per GPU run
 (megatron-core reads the ranks from Slurm's variables), or a ``torchrun`` per node. Container flags
 (pyxis) go on ``srun``, never on ``#SBATCH``.
 
+RL with the vLLM engine (``rlvr.engine=vllm``, ``launcher.engine_nodes`` > 0): the allocation has
+``launcher.engine_nodes`` more nodes; the engine server (``rlvr.vllm.python``, vLLM's own environment)
+runs as its own srun step on the last of them, the trainers on the others connect to it
+(``rlvr.vllm.address``, a per-job key in ``TULU_ENGINE_AUTHKEY``); no Ray.
+
 Preemption and time limits: Slurm sends SIGUSR1 to the batch shell ``launcher.signal_seconds`` before
 the limit. The script passes it to the trainers, which finish their step, checkpoint and exit 0; then
 it requeues the job (up to ``launcher.max_restarts`` times), which resumes from that checkpoint: the
@@ -81,7 +86,9 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str, python
     if command_line:
         h.append(f"# tulu-launch {command_line}")
     h.append("# written by tulu-launch; to change it, rerun tulu-launch (launcher.dry_run=true prints it)")
-    opts = [f"--job-name={job_name(cfg)}", f"--nodes={lc.nodes}", f"--ntasks-per-node={per_node}"]
+    engine = engine_step(cfg)
+    opts = [f"--job-name={job_name(cfg)}", f"--nodes={lc.nodes + (lc.engine_nodes if engine else 0)}",
+            f"--ntasks-per-node={per_node}"]
     if lc.gpus:
         opts.append(f"--gpus-per-node={lc.ranks_per_node}")
     if lc.cpus_per_task:
@@ -121,6 +128,10 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str, python
                     f"'-u -m {TRAIN_MODULE}'")
     body += ["}", "trap on_usr1 USR1", ""]
     srun = ["srun", "--kill-on-bad-exit=1", "--wait=60"]
+    if engine:
+        body += engine
+        srun += [f"--nodes={lc.nodes}", '--nodelist="$TRAIN_NODES"']
+        train_args = [*train_args, "rlvr.vllm.address=$ENGINE_HOST:$ENGINE_PORT"]
     if lc.process_model == "torchrun_per_node":
         srun += ["--ntasks-per-node=1"]
     if lc.container_image:
@@ -134,7 +145,7 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str, python
         cmd = [q(python), "-m", "torch.distributed.run", "--nnodes=$SLURM_NNODES",
                f"--nproc-per-node={lc.ranks_per_node}", "--rdzv-backend=c10d",
                '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"', '--rdzv-id="$SLURM_JOB_ID"', "-m", TRAIN_MODULE]
-    args = [q(a) for a in train_args]
+    args = [a if a.startswith("rlvr.vllm.address=$") else q(a) for a in train_args]
     body.append(" \\\n    ".join([" ".join(srun), " ".join(cmd), *_wrap(args)]) + " &")
     body += [
         "STEP=$!",
@@ -150,7 +161,49 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str, python
         "fi",
         'exit "$RC"',
     ]
+    if engine:
+        body.insert(len(body) - 1, 'kill "$ENGINE_STEP" 2>/dev/null  # the engine serves this job only')
     return "\n".join(h + body) + "\n"
+
+
+def engine_step(cfg: RunConfig) -> list[str]:
+    """The script lines that start the vLLM engine on its own nodes (none when the run has no such
+    engine)."""
+    lc, r = cfg.launcher, cfg.rlvr
+    if not (cfg.recipe.name.startswith("rlvr_") and r.engine == "vllm" and lc.engine_nodes > 0):
+        return []
+    if not r.vllm.python:
+        raise UserError("launcher.engine_nodes: set rlvr.vllm.python to the vLLM environment's interpreter on the "
+                        "nodes (the engine runs in its own environment)")
+    if r.vllm.tp > lc.engine_nodes * lc.ranks_per_node:
+        raise UserError(f"rlvr.vllm.tp={r.vllm.tp} needs more GPUs than launcher.engine_nodes={lc.engine_nodes} x "
+                        f"{lc.ranks_per_node} give")
+    from tulu_mcore.dtypes import TORCH_DTYPES
+    from tulu_mcore.rollout.vllm_engine import SIDE_DIR
+
+    q = shlex.quote
+    model_dir = Path(cfg.run.dir) / "engine" / "model"
+    dtype = str(TORCH_DTYPES[cfg.precision.params_dtype]).removeprefix("torch.")
+    server = [q(r.vllm.python), q(str(SIDE_DIR / "server.py")), "--model", q(str(model_dir)), "--host", "0.0.0.0",
+              '--port "$ENGINE_PORT"', f"--tp {r.vllm.tp}", f"--dtype {dtype}",
+              f"--max-model-len {cfg.train.seq_length}", f"--seed {cfg.runtime.seed}",
+              f"--gpu-memory-utilization {r.vllm.gpu_memory_utilization}"]
+    if r.vllm.enforce_eager:
+        server.append("--enforce-eager")
+    gpus = f" --gpus-per-node={lc.ranks_per_node}" if lc.gpus else ""
+    return [
+        "# the vLLM engine: its own srun step on the last node(s), in its own environment",
+        'NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))',
+        f'TRAIN_NODES=$(IFS=,; echo "${{NODES[*]:0:{lc.nodes}}}")',
+        f'ENGINE_HOST=${{NODES[{lc.nodes}]}}',
+        "ENGINE_PORT=$((40000 + SLURM_JOB_ID % 20000))",
+        "export TULU_ENGINE_AUTHKEY=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')",
+        f"srun --nodes={lc.engine_nodes} --ntasks=1 --nodelist=\"$ENGINE_HOST\"{gpus} --kill-on-bad-exit=1 \\",
+        f"    env PYTHONPATH={q(str(SIDE_DIR))} " + " ".join(server)
+        + f' >> {q(str(Path(cfg.run.dir) / "logs"))}/engine-"$SLURM_JOB_ID".log 2>&1 &',
+        "ENGINE_STEP=$!",
+        "",
+    ]
 
 
 def _wrap(args: list[str], width: int = 100) -> list[str]:

@@ -95,10 +95,16 @@ class VllmEngine:
             key = os.environ.get("TULU_ENGINE_AUTHKEY")
             if not key:
                 raise EngineError("rlvr.vllm.address: set TULU_ENGINE_AUTHKEY to the engine's key (hex)")
-            try:
-                conn = Client((host, int(port)), authkey=bytes.fromhex(key))
-            except OSError as e:
-                raise EngineError(f"rlvr.vllm.address={opts.address}: cannot connect ({e})") from None
+            t0 = time.time()
+            while True:  # an engine started beside the trainers (its own srun step) may still be loading
+                try:
+                    conn = Client((host, int(port)), authkey=bytes.fromhex(key))
+                    break
+                except OSError as e:
+                    if time.time() - t0 > opts.startup_timeout_s:
+                        raise EngineError(f"rlvr.vllm.address={opts.address}: no engine answered within "
+                                          f"rlvr.vllm.startup_timeout_s={opts.startup_timeout_s} ({e})") from None
+                    time.sleep(2)
             log(f"connected to the vLLM engine at {opts.address}")
             return cls(conn, dtype=dtype, **common)
         python = _python(opts)

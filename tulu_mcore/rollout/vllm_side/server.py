@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from multiprocessing.connection import Listener
@@ -36,9 +37,12 @@ def build_llm(args):
 
 
 class Server:
-    def __init__(self, llm):
+    def __init__(self, llm, shm_dir=None):
         self.llm = llm
         self.version = -1  # no weights of the trainer's yet
+        # weight chunks reach the workers through a file here (RAM-backed /dev/shm by default): the
+        # RPC channel serialises large payloads slowly
+        self.shm_dir = shm_dir
 
     def generate(self, prompts, n, max_new_tokens, temperature, seed, stop_token_ids):
         from vllm import SamplingParams
@@ -62,7 +66,28 @@ class Server:
         return {}
 
     def load(self, packed):
+        if self.shm_dir is not None:
+            try:
+                return self._load_via_file(packed)
+            except Exception as e:  # e.g. workers on another node cannot see this node's shared memory
+                print(f"[engine] shared-memory hand-off failed ({e!r}); sending bytes through the RPC channel",
+                      flush=True)
+                self.shm_dir = None
         self.llm.collective_rpc("tulu_load", args=(packed,))
+        return {"tensors": len(packed)}
+
+    def _load_via_file(self, packed):
+        fd, path = tempfile.mkstemp(dir=self.shm_dir, prefix="tulu-weights-")
+        meta, offset = [], 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for name, dtype, shape, data in packed:
+                    f.write(data)
+                    meta.append((name, dtype, list(shape), offset, len(data)))
+                    offset += len(data)
+            self.llm.collective_rpc("tulu_load_file", args=(path, meta))
+        finally:
+            os.unlink(path)
         return {"tensors": len(packed)}
 
     def end(self, version):
@@ -136,6 +161,8 @@ def main(argv=None) -> None:
     p.add_argument("--gpu-memory-utilization", type=float, default=None)
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--load-weights", action="store_true", help="load --model's safetensors (default: dummy weights)")
+    p.add_argument("--handoff-dir", default="/dev/shm",
+                   help="where weight chunks wait for the workers (default /dev/shm; 'none': through the RPC channel)")
     p.add_argument("--exit-with-client", action="store_true",
                    help="exit when the trainer's connection closes (an engine the trainer started)")
     args = p.parse_args(argv)
@@ -152,7 +179,8 @@ def main(argv=None) -> None:
             json.dump({"host": host, "port": port, "pid": os.getpid()}, f)
         os.replace(tmp, args.ready_file)
     print(f"[engine] serving on {host}:{port}", flush=True)
-    serve(Server(llm), listener, args.exit_with_client)
+    shm = args.handoff_dir if args.handoff_dir != "none" else None
+    serve(Server(llm, shm_dir=shm if shm and os.path.isdir(shm) else None), listener, args.exit_with_client)
     print("[engine] shut down", flush=True)
 
 

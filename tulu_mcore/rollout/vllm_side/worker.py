@@ -30,6 +30,18 @@ class TuluWeightSync:
         with set_current_vllm_config(self.vllm_config):
             return len(self.model_runner.model.load_weights(weights=unpack(packed)))
 
+    def tulu_load_file(self, path, meta):
+        """A chunk whose bytes the server left in a file (shared memory): only names and offsets travel
+        through the RPC channel, which is slow for large payloads."""
+        from vllm.config import set_current_vllm_config
+
+        total = max((off + n for _, _, _, off, n in meta), default=0)
+        raw = torch.from_file(path, shared=False, size=total, dtype=torch.uint8)
+        weights = [(name, raw[off:off + n].view(getattr(torch, dtype)).view(*shape))
+                   for name, dtype, shape, off, n in meta]
+        with set_current_vllm_config(self.vllm_config):
+            return len(self.model_runner.model.load_weights(weights=weights))
+
     def tulu_load_dir(self, path):
         """A whole update from the safetensors files of `path` (the disk transport), read here: the
         engine's own loader would use its start-up load format (dummy weights)."""
