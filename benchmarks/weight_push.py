@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--pushes", type=int, default=3)
     p.add_argument("--bucket-mb", type=int, default=512)
     p.add_argument("--engines", default="megatron,export,vllm:memory,vllm:disk")
+    p.add_argument("--precision", default="fp32", help="fp32 | bf16 (the trainer's weights and the engine's dtype)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -52,6 +53,7 @@ def main() -> None:
 
     w = args.width
     cfg = compose(["runtime.device=cpu", "model.attention=sdpa", f"parallel.tp={args.tp}", "train.seq_length=256",
+                   f"precision={args.precision}",
                    f"model.arch.hidden_size={w}", f"model.arch.intermediate_size={int(w * 3.5)}",
                    f"model.arch.num_attention_heads={w // 64}", f"model.arch.num_key_value_heads={w // 256}",
                    "model.arch.head_dim=64", f"model.arch.num_hidden_layers={args.layers}",
@@ -86,6 +88,7 @@ def main() -> None:
                             "bytes": sent, "bytes_per_s": sent / med if sent else None})
     if dist.get_rank() == 0:
         summary = {"arch": arch.to_dict(), "params": arch.num_params, "tp": args.tp, "bucket_mb": args.bucket_mb,
+                   "precision": args.precision,
                    "results": results}
         Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
         for r in results:
