@@ -207,7 +207,7 @@ def run(cfg: RunConfig) -> dict:
                 "training_s": t_train - t_ref,
                 **pushed,
                 "skipped": not (ok and v_ok),
-                **tr.throughput(rows, t_train - t_ref, passes=2 * n_epochs),
+                **tr.throughput(rows, t_train - t_ref, passes=2 * n_epochs),  # policy + value passes
             }
             if tr.end_step(step, record, {"step": step, "epoch": epoch}):
                 break

@@ -27,8 +27,9 @@ frequently used keys:
                                  RL with verifiable rewards (GRPO, or PPO with a value model)
   model.init=PATH|HUB_NAME       start from an HF directory, a tulu-convert checkpoint or an earlier run
   model.tokenizer=PATH|HUB_NAME  tokenizer (default: the one of model.init; built-in for model=tiny)
-  data.train=PATH|HUB_NAME       conversations, or preference pairs for dpo/rm (.jsonl/.json/.parquet,
-                                 hub dataset, builtin:sft-demo, builtin:preference-demo)
+  data.train=PATH|HUB_NAME       conversations, preference pairs for dpo/rm, verifiable prompts for rlvr_*
+                                 (.jsonl/.json/.parquet, hub dataset, builtin:sft-demo,
+                                 builtin:preference-demo, builtin:rlvr-demo)
   dpo.loss_type=dpo|dpo_norm|ipo|simpo  dpo.beta=X  dpo.reference=cache|live   (recipe=dpo)
   rlvr.engine=megatron|vllm  rlvr.samples_per_prompt=N  rlvr.max_new_tokens=N  rlvr.beta=X
   rlvr.value_init=PATH  rlvr.async_generation=true  rlvr.vllm.python=PATH      (recipe=rlvr_*)
