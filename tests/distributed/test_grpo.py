@@ -38,3 +38,20 @@ def test_grpo_resume_continues_exactly(sft_hf, tmp_path):
         a, b = resumed[step], straight[step]
         assert a["response_length"] == b["response_length"] and a["verified_rate"] == b["verified_rate"]
         assert abs(a["loss"] - b["loss"]) <= 1e-6 + 1e-5 * abs(b["loss"]), (step, a["loss"], b["loss"])
+
+
+def test_grpo_minibatches_update_between_parts(sft_hf, tmp_path):
+    """rlvr.minibatches=2: two optimizer steps per batch of rollouts, each packed apart; the second part
+    meets a policy already moved away from the reference (kl > 0), unlike a single step from it."""
+    common = ["recipe=rlvr_grpo", f"model.init={sft_hf}", "runtime.device=cpu", "metrics.progress=false",
+              "train.max_steps=1", "train.global_batch_size=16", "rlvr.samples_per_prompt=4", "rlvr.max_new_tokens=16",
+              "train.export_hf=false", "optim.lr=1e-2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train([*common, f"run.dir={one}"])
+    train([*common, f"run.dir={two}", "rlvr.minibatches=2"])
+    [a], [b] = metrics(one), metrics(two)
+    assert a["responses"] == b["responses"] == 64 and a["verified_rate"] == b["verified_rate"]  # same rollouts
+    assert 0 < a["verified_rate"] < 1  # some groups have a learning signal
+    assert b["microbatches"] >= 2  # each part packed into rows of its own
+    assert a["kl"] < 1e-6 < b["kl"] and a["clip_fraction"] == 0.0 < b["clip_fraction"]
+    assert b["logprob_abs_diff"] <= 1e-3  # measured before the step's first update

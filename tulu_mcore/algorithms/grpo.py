@@ -9,9 +9,10 @@ the frozen reference model gives each response token's log-prob, and the policy 
 
     per token:  -min(r A, clip(r, 1 - ε, 1 + ε) A) + β kl3,   kl3 = exp(ref - logp) - (ref - logp) - 1
 
-averaged over all response tokens of the step. r = π/π_old is 1 on this single on-policy pass; with
-rlvr.async_generation the rollouts come from the previous weights and π_old is the engine's log-prob,
-so the clip matters. Every step records the agreement of the engine's sampling log-probs with the
+averaged over the response tokens of each optimizer step: ``rlvr.minibatches`` of them per batch of
+rollouts (split by prompts; Tülu 3.1: 2). r = π/π_old is 1 on a single on-policy step; after an
+earlier mini-batch's update, or with rlvr.async_generation (rollouts from the previous weights),
+π_old is the engine's log-prob of the sampled token and the clip matters. Every step records the agreement of the engine's sampling log-probs with the
 trainer's (exact comparison only on-policy).
 """
 
@@ -80,8 +81,14 @@ def run(cfg: RunConfig) -> dict:
     per_step = cfg.train.global_batch_size
     if per_step % tr.dp_size:
         raise UserError(f"train.global_batch_size={per_step} prompts must divide over {tr.dp_size} data-parallel ranks")
+    if per_step % (tr.dp_size * opts.minibatches):
+        raise UserError(f"train.global_batch_size={per_step} prompts must divide into rlvr.minibatches="
+                        f"{opts.minibatches} parts on each of {tr.dp_size} data-parallel ranks")
     total = tr.total_steps(data.steps_per_epoch)
-    model, optimizer, scheduler = tr.build(total)
+    model, optimizer, scheduler = tr.build(total, optimizer_steps=total * opts.minibatches)
+    # the rollouts' own policy is π_old when it is not the one being updated: generated a version
+    # earlier (async), or updated by an earlier mini-batch of the same step
+    off_policy = opts.async_generation or opts.minibatches > 1
     reference = tr.build_reference()
     step = tr.resume(data.key)
     engine = make_engine(cfg, tr, model)
@@ -95,46 +102,55 @@ def run(cfg: RunConfig) -> dict:
             mine, groups, waited = rollouts.take(step, indices)
             if step + 1 < total and opts.async_generation:  # generated while this step trains
                 rollouts.request(step + 1, step_prompts(data, step + 1, per_step, cfg.data.seed)[1])
-            t_gen = time.time()
             docs, scores, counts = score([data.prompts[i] for i in mine], groups, tr.tokenizer, opts)
             adv = group_advantages(scores)
             for d, a in zip(docs, adv.reshape(-1)):
                 d["advantages"] = np.full(len(d["ids"]) - d["prompt_len"], a)
-            rows = pack_docs(docs, tr)
-            batches = [row.as_batch() for row in rows]
-            # the reference's log-prob of every response token (read by the loss, on the last stage)
-            ref = forward_outputs(reference, batches, seq_length=cfg.train.seq_length)
-            for i, (row, batch) in enumerate(zip(rows, batches)):
-                batch.update(advantages=per_token(row, docs, "advantages"),
-                             engine_logps=per_token(row, docs, "engine_logps"))
-                if ref is not None:
-                    batch["ref_logps"] = -ref[i].float()
-                if opts.async_generation:  # rollouts of the previous weights: the ratio to them is clipped
-                    batch["old_logps"] = batch["engine_logps"]
-            t_ref = time.time()
+            t_ref = t_opt = 0.0
             lr = current_lr(optimizer)
-            losses, ok, grad_norm = optimizer_step(model, optimizer, batches, seq_length=cfg.train.seq_length,
-                                                   forward_step=partial(grpo_forward_step, opts=opts))
-            scheduler.step(1)
-            t_train = time.time()
+            n = opts.samples_per_prompt
+            reports, all_rows, ok = [], [], True
+            for part in np.array_split(np.arange(len(mine)), opts.minibatches):  # by prompts
+                t1 = time.time()
+                part_docs = [docs[j * n + k] for j in part for k in range(n)]
+                rows = pack_docs(part_docs, tr)
+                batches = [row.as_batch() for row in rows]
+                # the reference's log-prob of every response token (read by the loss, on the last stage)
+                ref = forward_outputs(reference, batches, seq_length=cfg.train.seq_length)
+                for i, (row, batch) in enumerate(zip(rows, batches)):
+                    batch.update(advantages=per_token(row, part_docs, "advantages"),
+                                 engine_logps=per_token(row, part_docs, "engine_logps"))
+                    if ref is not None:
+                        batch["ref_logps"] = -ref[i].float()
+                    if off_policy:  # π_old = the policy that generated (the ratio to it is clipped)
+                        batch["old_logps"] = batch["engine_logps"]
+                t2 = time.time()
+                losses, step_ok, grad_norm = optimizer_step(model, optimizer, batches, seq_length=cfg.train.seq_length,
+                                                            forward_step=partial(grpo_forward_step, opts=opts))
+                scheduler.step(1)
+                t_ref, t_opt = t_ref + t2 - t1, t_opt + time.time() - t2
+                reports.append(reduce_report(losses, "grpo", REPORT))
+                all_rows += rows
+                ok = ok and step_ok
             pushed = rollouts.push(model, tr.arch)
             step += 1
-            loss, tokens, kl, agree, clipped = reduce_report(losses, "grpo", REPORT).tolist()
+            loss, tokens, kl, _, clipped = torch.stack(reports).sum(0).tolist()
+            first_tokens, agree = reports[0][1].item(), reports[0][3].item()  # before this step's updates
             record = {
                 "loss": loss / tokens,
                 **verifier_record(counts),
                 "kl": kl / tokens,
                 "clip_fraction": clipped / tokens,
-                "logprob_abs_diff": agree / tokens,  # engine vs trainer, on the sampled tokens
+                "logprob_abs_diff": agree / first_tokens,  # engine vs trainer, on the sampled tokens
                 "grad_norm": grad_norm,
                 "lr": lr,
                 "weight_version": min(d["version"] for d in docs),  # of the rollouts trained on
                 "generation_s": waited,
-                "reference_s": t_ref - t_gen,
-                "training_s": t_train - t_ref,
+                "reference_s": t_ref,
+                "training_s": t_opt,
                 **pushed,
                 "skipped": not ok,
-                **tr.throughput(rows, t_train - t_ref),
+                **tr.throughput(all_rows, t_opt),
             }
             if tr.end_step(step, record, {"step": step, "epoch": epoch}):
                 break

@@ -169,6 +169,7 @@ class RlvrConfig:
     tulu3_compat: bool = False  # the released verifiers, bugs included
     engine: str = "megatron"  # megatron: KV-cache generation on the trainer's model | vllm
     async_generation: bool = False  # generate step t+1 while step t trains (one step off-policy; vllm)
+    minibatches: int = 1  # GRPO: optimizer steps per batch of rollouts, split by prompts (Tülu 3.1: 2)
     # PPO (recipe=rlvr_ppo)
     ppo_epochs: int = 4  # optimizer steps of policy and value model per batch of rollouts
     gamma: float = 1.0

@@ -284,6 +284,9 @@ def _check_rlvr(cfg: RunConfig, err) -> None:
     if par.pp > 1 and r.engine == "megatron":
         err(f"recipe={name} with rlvr.engine=megatron generates in the trainer's processes, which needs "
             f"parallel.pp=1 (got {par.pp}); use rlvr.engine=vllm for pipeline-parallel policies")
+    if r.minibatches < 1 or (name == "rlvr_ppo" and r.minibatches != 1):
+        err(f"rlvr.minibatches={r.minibatches}: GRPO takes >= 1 optimizer steps per batch of rollouts; PPO "
+            "takes rlvr.ppo_epochs passes over the whole batch (keep 1)")
     if name == "rlvr_grpo" and r.samples_per_prompt < 2:
         err(f"rlvr.samples_per_prompt={r.samples_per_prompt}: GRPO normalises within a prompt's samples; use >= 2")
     if r.samples_per_prompt < 1 or r.max_new_tokens < 1 or r.temperature < 0 or not 0 < r.clip < 1 or r.beta < 0:
