@@ -26,8 +26,8 @@ import torch
 
 from tulu_mcore.config.schema import RlvrConfig, RunConfig
 from tulu_mcore.errors import UserError
-from tulu_mcore.rollout.steps import StepRollouts, make_engine
-from tulu_mcore.training.rollouts import load_rlvr_data, pack_docs, per_token, score, step_prompts, verifier_record
+from tulu_mcore.rollout.steps import start_rollouts
+from tulu_mcore.training.rollouts import load_rlvr_data, pack_docs, per_token, score, verifier_record
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.setup import current_lr
 from tulu_mcore.training.step import forward_outputs, optimizer_step, packed_forward, reduce_report
@@ -77,10 +77,8 @@ def grpo_forward_step(data_iterator, model, opts: RlvrConfig):
 def run(cfg: RunConfig) -> dict:
     opts = cfg.rlvr
     tr = TrainingRun(cfg, "grpo")
-    data = load_rlvr_data(cfg, tr.tokenizer, tr.log)
+    data = load_rlvr_data(cfg, tr.tokenizer, tr.log, tr.dp_size)
     per_step = cfg.train.global_batch_size
-    if per_step % tr.dp_size:
-        raise UserError(f"train.global_batch_size={per_step} prompts must divide over {tr.dp_size} data-parallel ranks")
     if per_step % (tr.dp_size * opts.minibatches):
         raise UserError(f"train.global_batch_size={per_step} prompts must divide into rlvr.minibatches="
                         f"{opts.minibatches} parts on each of {tr.dp_size} data-parallel ranks")
@@ -91,17 +89,11 @@ def run(cfg: RunConfig) -> dict:
     off_policy = opts.async_generation or opts.minibatches > 1
     reference = tr.build_reference()
     step = tr.resume(data.key)
-    engine = make_engine(cfg, tr, model)
-    rollouts = StepRollouts(engine, data.ids, n=opts.samples_per_prompt, max_new_tokens=opts.max_new_tokens,
-                            temperature=opts.temperature, seed=cfg.runtime.seed, dp_rank=tr.dp_rank,
-                            dp_size=tr.dp_size, async_generation=opts.async_generation)
+    rollouts = start_rollouts(cfg, tr, model, data)
     try:
         while step < total:
             t0 = time.time()
-            epoch, indices = step_prompts(data, step, per_step, cfg.data.seed)
-            mine, groups, waited = rollouts.take(step, indices)
-            if step + 1 < total and opts.async_generation:  # generated while this step trains
-                rollouts.request(step + 1, step_prompts(data, step + 1, per_step, cfg.data.seed)[1])
+            epoch, mine, groups, waited = rollouts.step(step, total)
             docs, scores, counts = score([data.prompts[i] for i in mine], groups, tr.tokenizer, opts)
             adv = group_advantages(scores)
             for d, a in zip(docs, adv.reshape(-1)):
@@ -155,5 +147,5 @@ def run(cfg: RunConfig) -> dict:
             if tr.end_step(step, record, {"step": step, "epoch": epoch}):
                 break
     finally:
-        engine.close()
+        rollouts.close()
     return tr.finish(step)

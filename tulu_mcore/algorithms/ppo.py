@@ -28,11 +28,10 @@ import torch
 import torch.distributed as dist
 
 from tulu_mcore.config.schema import RlvrConfig, RunConfig
-from tulu_mcore.errors import UserError
-from tulu_mcore.rollout.steps import StepRollouts, make_engine
+from tulu_mcore.rollout.steps import start_rollouts
 from tulu_mcore.training.critic import ValueModel
 from tulu_mcore.training.rollouts import (from_token, is_replica_reporter, load_rlvr_data, pack_docs, per_token,
-                                          score, step_prompts, verifier_record)
+                                          score, verifier_record)
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.setup import current_lr
 from tulu_mcore.training.step import forward_outputs, optimizer_step, packed_forward, reduce_report
@@ -118,10 +117,7 @@ def whiten(docs: list[dict], key: str) -> None:
 def run(cfg: RunConfig) -> dict:
     opts = cfg.rlvr
     tr = TrainingRun(cfg, "ppo")
-    data = load_rlvr_data(cfg, tr.tokenizer, tr.log)
-    per_step = cfg.train.global_batch_size
-    if per_step % tr.dp_size:
-        raise UserError(f"train.global_batch_size={per_step} prompts must divide over {tr.dp_size} data-parallel ranks")
+    data = load_rlvr_data(cfg, tr.tokenizer, tr.log, tr.dp_size)
     total = tr.total_steps(data.steps_per_epoch)
     model, optimizer, scheduler = tr.build(total, optimizer_steps=total * opts.ppo_epochs)
     value = ValueModel(tr, total * opts.ppo_epochs, opts.value_init, opts.value_lr)
@@ -129,17 +125,11 @@ def run(cfg: RunConfig) -> dict:
     reference = tr.build_reference()
     step = tr.resume(data.key)
     value.resume(tr.latest)
-    engine = make_engine(cfg, tr, model)
-    rollouts = StepRollouts(engine, data.ids, n=opts.samples_per_prompt, max_new_tokens=opts.max_new_tokens,
-                            temperature=opts.temperature, seed=cfg.runtime.seed, dp_rank=tr.dp_rank,
-                            dp_size=tr.dp_size, async_generation=opts.async_generation)
+    rollouts = start_rollouts(cfg, tr, model, data)
     try:
         while step < total:
             t0 = time.time()
-            epoch, indices = step_prompts(data, step, per_step, cfg.data.seed)
-            mine, groups, waited = rollouts.take(step, indices)
-            if step + 1 < total and opts.async_generation:  # generated while this step trains
-                rollouts.request(step + 1, step_prompts(data, step + 1, per_step, cfg.data.seed)[1])
+            epoch, mine, groups, waited = rollouts.step(step, total)
             t_gen = time.time()
             docs, scores, counts = score([data.prompts[i] for i in mine], groups, tr.tokenizer, opts)
             rows = pack_docs(docs, tr)
@@ -212,5 +202,5 @@ def run(cfg: RunConfig) -> dict:
             if tr.end_step(step, record, {"step": step, "epoch": epoch}):
                 break
     finally:
-        engine.close()
+        rollouts.close()
     return tr.finish(step)

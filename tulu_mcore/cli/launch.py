@@ -95,14 +95,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     if engine_step(cfg):  # the engine starts from the policy's config.json; the trainer pushes the weights
-        import json
-
         from tulu_mcore.dtypes import TORCH_DTYPES
+        from tulu_mcore.rollout.vllm_engine import write_engine_config
 
-        model_dir = run_dir / "engine" / "model"
-        model_dir.mkdir(parents=True, exist_ok=True)
-        (model_dir / "config.json").write_text(
-            json.dumps(cfg.model.arch.to_hf_config(TORCH_DTYPES[cfg.precision.params_dtype]), indent=2) + "\n")
+        write_engine_config(run_dir, cfg.model.arch, TORCH_DTYPES[cfg.precision.params_dtype])
     path = run_dir / "job.sbatch"
     path.write_text(script)
     job = submit(path)

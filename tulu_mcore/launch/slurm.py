@@ -178,18 +178,12 @@ def engine_step(cfg: RunConfig) -> list[str]:
     if r.vllm.tp > lc.engine_nodes * lc.ranks_per_node:
         raise UserError(f"rlvr.vllm.tp={r.vllm.tp} needs more GPUs than launcher.engine_nodes={lc.engine_nodes} x "
                         f"{lc.ranks_per_node} give")
-    from tulu_mcore.dtypes import TORCH_DTYPES
-    from tulu_mcore.rollout.vllm_engine import SIDE_DIR
+    from tulu_mcore.rollout.vllm_engine import ENGINE_DIR, SIDE_DIR, server_args
 
     q = shlex.quote
-    model_dir = Path(cfg.run.dir) / "engine" / "model"
-    dtype = str(TORCH_DTYPES[cfg.precision.params_dtype]).removeprefix("torch.")
+    model_dir = Path(cfg.run.dir) / ENGINE_DIR / "model"  # written by tulu-launch (write_engine_config)
     server = [q(r.vllm.python), q(str(SIDE_DIR / "server.py")), "--model", q(str(model_dir)), "--host", "0.0.0.0",
-              '--port "$ENGINE_PORT"', f"--tp {r.vllm.tp}", f"--dtype {dtype}",
-              f"--max-model-len {cfg.train.seq_length}", f"--seed {cfg.runtime.seed}",
-              f"--gpu-memory-utilization {r.vllm.gpu_memory_utilization}"]
-    if r.vllm.enforce_eager:
-        server.append("--enforce-eager")
+              '--port "$ENGINE_PORT"', *map(q, server_args(cfg))]
     gpus = f" --gpus-per-node={lc.ranks_per_node}" if lc.gpus else ""
     return [
         "# the vLLM engine: its own srun step on the last node(s), in its own environment",

@@ -12,24 +12,40 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch.distributed as dist
 
 from tulu_mcore.errors import ConfigError, EngineError
 from tulu_mcore.rollout import Rollout
+from tulu_mcore.training.rollouts import RlvrData, step_prompts
 
 
 class StepRollouts:
-    def __init__(self, engine, ids: list[np.ndarray], *, n: int, max_new_tokens: int, temperature: float,
-                 seed: int, dp_rank: int, dp_size: int, async_generation: bool = False):
+    def __init__(self, engine, data: RlvrData, *, per_step: int, data_seed: int, n: int, max_new_tokens: int,
+                 temperature: float, seed: int, dp_rank: int, dp_size: int, async_generation: bool = False):
         if async_generation and engine.in_process:
             raise ConfigError("rlvr.async_generation=true overlaps generation with training, which needs an engine "
                               "outside the trainer's processes: rlvr.engine=vllm")
-        self.engine, self.ids = engine, ids
+        self.engine, self.data, self.ids = engine, data, data.ids
+        self.per_step, self.data_seed = per_step, data_seed
         self.sampling = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature)
         self.seed, self.dp_rank, self.dp_size = seed, dp_rank, dp_size
         self.async_generation = async_generation
         self.pending: dict[int, list[int]] = {}
+
+    def prompts_of(self, step: int) -> tuple[int, list[int]]:
+        return step_prompts(self.data, step, self.per_step, self.data_seed)
+
+    def step(self, step: int, total: int) -> tuple[int, list[int], list[list[Rollout]], float]:
+        """(epoch, this rank's prompt indices, their rollouts, seconds waited) for `step`; in async mode
+        the next step's generation is submitted before returning, to overlap this step's training."""
+        epoch, indices = self.prompts_of(step)
+        mine, groups, waited = self.take(step, indices)
+        if self.async_generation and step + 1 < total:
+            self.request(step + 1, self.prompts_of(step + 1)[1])
+        return epoch, mine, groups, waited
+
+    def close(self) -> None:
+        self.engine.close()
 
     def _seed(self, step: int) -> int:
         return self.seed * 100_003 + step * self.dp_size + (self.dp_rank if self.engine.in_process else 0)
@@ -74,6 +90,16 @@ class StepRollouts:
         t0 = time.time()
         sent = self.engine.push_weights(chunks, arch)
         return {"weight_push_s": time.time() - t0, "weight_push_bytes": sent}
+
+
+def start_rollouts(cfg, tr, chunks, data: RlvrData) -> StepRollouts:
+    """The engine rlvr.engine names, started for the policy `chunks` (after resume), and the per-step
+    rollouts drawn from it."""
+    opts = cfg.rlvr
+    return StepRollouts(make_engine(cfg, tr, chunks), data, per_step=cfg.train.global_batch_size,
+                        data_seed=cfg.data.seed, n=opts.samples_per_prompt, max_new_tokens=opts.max_new_tokens,
+                        temperature=opts.temperature, seed=cfg.runtime.seed, dp_rank=tr.dp_rank, dp_size=tr.dp_size,
+                        async_generation=opts.async_generation)
 
 
 def make_engine(cfg, tr, chunks):

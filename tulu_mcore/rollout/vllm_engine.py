@@ -47,6 +47,35 @@ def _python(opts) -> str:
     return py
 
 
+def write_engine_config(run_dir: Path, arch, dtype: torch.dtype) -> Path:
+    """The engine's model directory under run.dir: the policy's config.json only (the engine starts
+    with dummy weights; the trainer pushes the real ones)."""
+    model_dir = Path(run_dir) / ENGINE_DIR / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text(json.dumps(arch.to_hf_config(dtype), indent=2) + "\n")
+    return model_dir
+
+
+def server_args(cfg) -> list[str]:
+    """The engine server's options that follow from the run's config (vllm_side/server.py)."""
+    from tulu_mcore.dtypes import TORCH_DTYPES
+
+    v = cfg.rlvr.vllm
+    args = ["--tp", str(v.tp), "--dtype", str(TORCH_DTYPES[cfg.precision.params_dtype]).removeprefix("torch."),
+            "--max-model-len", str(cfg.train.seq_length), "--seed", str(cfg.runtime.seed),
+            "--gpu-memory-utilization", str(v.gpu_memory_utilization)]
+    return args + (["--enforce-eager"] if v.enforce_eager else [])
+
+
+def raise_everywhere(error: str | None) -> None:
+    """Collective: rank 0's engine error (or None) raised on every rank, so that no rank waits for
+    the others forever."""
+    box = [error]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise EngineError(box[0])
+
+
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
 
@@ -75,10 +104,7 @@ class VllmEngine:
                 engine = cls._connect(cfg, arch, log, **common)
             except EngineError as e:
                 error = str(e)
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None:
-            raise EngineError(box[0])
+        raise_everywhere(error)
         if engine is None:  # ranks other than 0 hold no connection; they take part in pushes
             engine = cls(None, dtype=torch.float32, **common)
         engine.push_weights(chunks, arch, version=version)
@@ -109,9 +135,7 @@ class VllmEngine:
             return cls(conn, dtype=dtype, **common)
         python = _python(opts)
         where = common["run_dir"] / ENGINE_DIR
-        model_dir = where / "model"
-        model_dir.mkdir(parents=True, exist_ok=True)
-        (model_dir / "config.json").write_text(json.dumps(arch.to_hf_config(dtype), indent=2) + "\n")
+        model_dir = write_engine_config(common["run_dir"], arch, dtype)
         ready, log_file = where / "ready.json", where / "vllm.log"
         ready.unlink(missing_ok=True)
         key = secrets.token_hex(16)
@@ -126,12 +150,7 @@ class VllmEngine:
         if opts.devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = opts.devices
         cmd = [python, str(SIDE_DIR / "server.py"), "--model", str(model_dir), "--ready-file", str(ready),
-               "--exit-with-client",
-               "--tp", str(opts.tp), "--dtype", str(dtype).removeprefix("torch."),
-               "--max-model-len", str(cfg.train.seq_length), "--seed", str(cfg.runtime.seed),
-               "--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
-        if opts.enforce_eager:
-            cmd.append("--enforce-eager")
+               "--exit-with-client", *server_args(cfg)]
         t0 = time.time()
         log(f"starting the vLLM engine ({python}); its log: {log_file}")
         with open(log_file, "ab") as out:
@@ -278,10 +297,7 @@ class VllmEngine:
                     self._call("end", version=version)
         except EngineError as e:
             error = str(e)
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None:
-            raise EngineError(box[0])
+        raise_everywhere(error)
         self.weight_version = version
         return sent
 

@@ -12,7 +12,7 @@ import copy
 from pathlib import Path
 
 from tulu_mcore.checkpoint.dist import load_checkpoint
-from tulu_mcore.checkpoint.run import RunCheckpointer, step_name
+from tulu_mcore.checkpoint.run import RunCheckpointer
 from tulu_mcore.config.schema import ModelConfig
 from tulu_mcore.dtypes import TORCH_DTYPES
 from tulu_mcore.errors import CheckpointError, UserError
@@ -64,7 +64,3 @@ class ValueModel:
                                dtype=TORCH_DTYPES[tr.cfg.precision.params_dtype], hf_config=self.hf_config,
                                extra={"head": "score"},
                                common={"step": step, "scheduler": self.scheduler.state_dict()})
-
-    @staticmethod
-    def checkpoint_of(run_dir: Path, step: int) -> Path:
-        return Path(run_dir) / VALUE_DIR / "checkpoints" / step_name(step)

@@ -32,13 +32,15 @@ class RlvrData:
     steps_per_epoch: int
 
 
-def load_rlvr_data(cfg: RunConfig, tokenizer, log) -> RlvrData:
+def load_rlvr_data(cfg: RunConfig, tokenizer, log, dp_size: int) -> RlvrData:
+    per_step = cfg.train.global_batch_size
+    if per_step % dp_size:
+        raise UserError(f"train.global_batch_size={per_step} prompts must divide over {dp_size} data-parallel ranks")
     specs = source_specs(cfg.data.train)
     loaded = load_prompts(specs, on_error=cfg.data.on_error, seed=cfg.data.seed)
     log(f"data: {len(loaded.prompts):,} prompts ({loaded.examples_seen:,} read; skipped: "
         f"{dict(loaded.skipped) or 'none'})")
     ids = encode_prompts(loaded.prompts, tokenizer)
-    per_step = cfg.train.global_batch_size
     steps_per_epoch = len(loaded.prompts) // per_step
     if steps_per_epoch == 0:
         raise UserError(f"{len(loaded.prompts)} prompts: fewer than one step's train.global_batch_size={per_step}")
