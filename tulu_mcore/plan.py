@@ -28,10 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tulu_mcore.arch import Layout, LlamaArch
 from tulu_mcore.config.schema import RunConfig
-from tulu_mcore.config.validate import Layout
 from tulu_mcore.metrics.flops import PEAK_FLOPS, flops_per_token
-from tulu_mcore.models.llama.arch import LlamaArch
 
 GIB = 1 << 30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -188,6 +187,16 @@ def estimate(cfg: RunConfig, lay: Layout, *, device: str = "cuda", capacity_gib:
     if not plan.fits:
         plan.advice = advice(cfg, lay, mem, capacity_gib)
     return plan
+
+
+def plan_for(cfg, device: str = "cuda"):
+    """The plan of `cfg` on its GPU count (ConfigError for an impossible layout)."""
+    from tulu_mcore.config.validate import validate
+
+    gpus = cfg.plan.gpus or cfg.launcher.nodes * cfg.launcher.ranks_per_node
+    lay = validate(cfg, gpus, device=device, have_te=True if device == "cuda" else None)
+    return estimate(cfg, lay, device=device, capacity_gib=cfg.plan.gpu_memory_gib, mfu=cfg.plan.mfu,
+                    tokens_per_sequence=cfg.plan.tokens_per_sequence)
 
 
 def value_arch(cfg: RunConfig) -> LlamaArch:

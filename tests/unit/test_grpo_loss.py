@@ -2,14 +2,14 @@
 policy-gradient term, kl3, and the placement of per-token values in packed rows."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from tulu_mcore.algorithms.grpo import group_advantages, grpo_token_loss
-from tulu_mcore.training.rollouts import from_token, per_token
-from tulu_mcore.data.packing import pack
+from tulu_mcore.algorithms.rlvr.batch import RolloutBatch, Trajectory
+from tulu_mcore.algorithms.rlvr.grpo import group_advantages, grpo_token_loss
 
 
 def test_group_advantages():
@@ -42,19 +42,36 @@ def test_token_loss_and_gradient():
         assert abs(logp.grad[i].item() - (g_pg + 0.1 * (1 - math.exp(d)))) < 1e-12
 
 
+def _trajectory(ids, prompt_len, score=0.0):
+    n = len(ids) - prompt_len
+    return Trajectory(ids=np.array(ids), prompt_len=prompt_len, engine_logps=np.full(n, -1.0), finished=True,
+                      weight_version=0, dataset="gsm8k", verified=score > 0, score=score)
+
+
 def test_per_token_values_sit_where_the_response_is_predicted():
-    docs = [{"ids": np.array([5, 6, 7, 8, 9]), "prompt_len": 3, "v": [0.5, 0.7]},
-            {"ids": np.array([1, 2, 3]), "prompt_len": 2, "v": [0.9]}]
-    examples = []
-    for d in docs:
-        trained = np.zeros(len(d["ids"]), np.uint8)
-        trained[d["prompt_len"]:] = 1
-        examples.append((d["ids"], trained))
-    [row] = pack(examples, 16, multiple=4)
-    arr = per_token(row, docs, "v")
+    batch = RolloutBatch([_trajectory([5, 6, 7, 8, 9], 3), _trajectory([1, 2, 3], 2)], samples_per_prompt=2)
+    batch.trajectories[0].advantages, batch.trajectories[1].advantages = np.array([0.5, 0.7]), np.array([0.9])
+    run = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(seq_length=16)), multiple=4, pad_id=0,
+                          trim_rows=True)
+    [row] = batch.pack(run)
+    assert row.cu_seqlens_padded.tolist() == [0, 8, 12]  # each document padded to a multiple of 4
+    arr = batch.per_token(row, "advantages")
     assert torch.equal(arr != 0, row.loss_mask != 0)  # exactly at the trained positions
-    assert sorted(arr[arr != 0].tolist()) == pytest.approx([0.5, 0.7, 0.9])
-    # and back: from_token reads each document's values from the same positions
-    back = [dict(d) for d in docs]
-    from_token(row, arr, back, "w")
-    assert [list(d["w"]) for d in back] == [pytest.approx([0.5, 0.7]), pytest.approx([0.9])]
+    assert arr[0, 2:4].tolist() == pytest.approx([0.5, 0.7]) and arr[0, 9].item() == pytest.approx(0.9)
+    # and back: from_token reads each trajectory's values from the same positions
+    batch.from_token(row, arr, "returns")
+    assert [list(t.returns) for t in batch.trajectories] == [pytest.approx([0.5, 0.7]), pytest.approx([0.9])]
+
+
+def test_batch_groups_split_by_prompt_and_take_group_advantages():
+    scores = [10.0, 0.0, 0.0, 10.0, 10.0, 10.0]  # three prompts, two samples each
+    batch = RolloutBatch([_trajectory([1, 2, 3 + i, 4, 5][: 3 + i % 3], 2, s) for i, s in enumerate(scores)],
+                         samples_per_prompt=2)
+    assert batch.scores.tolist() == [[10.0, 0.0], [0.0, 10.0], [10.0, 10.0]]
+    batch.set_advantages(group_advantages(batch.scores))
+    a = 5 / math.sqrt(50)
+    for t, want in zip(batch.trajectories, [a, -a, -a, a, 0.0, 0.0]):
+        assert len(t.advantages) == t.response_len and np.allclose(t.advantages, want)
+    parts = batch.split(2)  # by prompts: [prompts 0, 1] and [prompt 2]
+    assert [len(p.trajectories) for p in parts] == [4, 2]
+    assert parts[1].trajectories[0] is batch.trajectories[4]

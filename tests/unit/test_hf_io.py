@@ -70,7 +70,7 @@ def _break(d, how):
 
 
 def _arch(d):
-    from tulu_mcore.models.llama.arch import LlamaArch
+    from tulu_mcore.arch import LlamaArch
 
     return LlamaArch.from_hf_dir(d)
 

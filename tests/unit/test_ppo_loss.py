@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tulu_mcore.algorithms.ppo import gae, policy_loss, shaped_rewards, value_loss
+from tulu_mcore.algorithms.rlvr.ppo import gae, policy_loss, shaped_rewards, value_loss
 from tulu_mcore.config.schema import RlvrConfig
 
 

@@ -93,8 +93,8 @@ def test_cpu_runtime_refuses_other_megatron_versions():
 
 
 def test_fp8_without_te_is_an_error_not_a_no_op():
+    from tulu_mcore.arch import Layout
     from tulu_mcore.config.compose import compose
-    from tulu_mcore.config.validate import Layout
     from tulu_mcore.errors import ConfigError
     from tulu_mcore.models.factory import transformer_config
 

@@ -10,7 +10,6 @@ import resource
 import sys
 
 import psutil
-import torch
 
 
 def main(out: str, overrides: list[str]) -> None:

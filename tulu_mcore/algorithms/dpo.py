@@ -128,50 +128,50 @@ def _reference(tr: TrainingRun, data, opts: DpoConfig):
     return ReferenceCache.load(path, data)
 
 
+def dpo_step(tr: TrainingRun, batches, reference, step: int) -> dict:
+    """One optimizer step on `step`'s preference pairs (their reference log-probs from `reference`);
+    its metrics record."""
+    opts, seq = tr.cfg.dpo, tr.cfg.train.seq_length
+    t0 = time.time()
+    rows = batches.rows(step, **tr.pack_options())
+    microbatches = [r.as_batch() for r in rows]
+    live = isinstance(reference, LiveReference)
+    if live:
+        refs = reference.row_refs(rows, seq)
+    elif reference is not None:
+        refs = [reference.row_refs(r.units) for r in rows]
+    else:
+        refs = None
+    for mb, ref in zip(microbatches, refs or []):
+        mb["ref_logps"] = ref
+    lr = current_lr(tr.optimizer)
+    losses, ok, grad_norm = optimizer_step(tr.model, tr.optimizer, microbatches, seq_length=seq,
+                                           forward_step=partial(dpo_forward_step, opts=opts))
+    tr.scheduler.step(1)
+    loss, pairs, correct, margin, cr, rj, lpc, lpr, tokens = reduce_report(losses, "dpo", REPORT).tolist()
+    return {
+        "loss": loss / pairs,  # mean over the global batch's pairs
+        "accuracy": correct / pairs,  # share of pairs whose chosen reward beats the rejected one
+        "margin": margin / pairs,
+        "rewards_chosen": cr / pairs,
+        "rewards_rejected": rj / pairs,
+        "logps_chosen": lpc / pairs,  # per token
+        "logps_rejected": lpr / pairs,
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "pairs": int(pairs),
+        "trained_tokens": int(tokens),
+        "epoch": batches.cursor(step).epoch,
+        "skipped": not ok,
+        **tr.throughput(rows, time.time() - t0, passes=4 / 3 if live else 1.0),
+    }
+
+
 def run(cfg: RunConfig) -> dict:
-    opts = cfg.dpo
     tr = TrainingRun(cfg, "dpo")
     data = tr.prepare_data("pairs")
     batches = tr.step_batches(data)
-    total = tr.total_steps(batches.steps_per_epoch)
-    model, optimizer, scheduler = tr.build(total)
-    reference = _reference(tr, data, opts)
-    step = tr.resume(data.key)
-    live = isinstance(reference, LiveReference)
-    while step < total:
-        t0 = time.time()
-        rows = batches.rows(step, **tr.pack_options())
-        microbatches = [r.as_batch() for r in rows]
-        if live:
-            refs = reference.row_refs(rows, cfg.train.seq_length)
-        elif reference is not None:
-            refs = [reference.row_refs(r.units) for r in rows]
-        else:
-            refs = None
-        for mb, ref in zip(microbatches, refs or []):
-            mb["ref_logps"] = ref
-        lr = current_lr(optimizer)
-        losses, ok, grad_norm = optimizer_step(model, optimizer, microbatches, seq_length=cfg.train.seq_length,
-                                               forward_step=partial(dpo_forward_step, opts=opts))
-        scheduler.step(1)
-        step += 1
-        loss, pairs, correct, margin, cr, rj, lpc, lpr, tokens = reduce_report(losses, "dpo", REPORT).tolist()
-        record = {
-            "loss": loss / pairs,  # mean over the global batch's pairs
-            "accuracy": correct / pairs,  # share of pairs whose chosen reward beats the rejected one
-            "margin": margin / pairs,
-            "rewards_chosen": cr / pairs,
-            "rewards_rejected": rj / pairs,
-            "logps_chosen": lpc / pairs,  # per token
-            "logps_rejected": lpr / pairs,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "pairs": int(pairs),
-            "trained_tokens": int(tokens),
-            "epoch": batches.cursor(step - 1).epoch,
-            "skipped": not ok,
-            **tr.throughput(rows, time.time() - t0, passes=4 / 3 if live else 1.0),
-        }
-        if tr.end_step(step, record, batches.cursor(step).__dict__):
-            break
-    return tr.finish(step)
+    tr.build(tr.planned_steps(batches.steps_per_epoch))
+    reference = _reference(tr, data, cfg.dpo)
+    tr.resume(data.key)
+    return tr.loop(partial(dpo_step, tr, batches, reference), cursor=lambda step: vars(batches.cursor(step)))

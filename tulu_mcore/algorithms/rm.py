@@ -47,35 +47,34 @@ def rm_forward_step(data_iterator, model):
     return output, partial(rm_loss, local, batch)
 
 
+def rm_step(tr: TrainingRun, batches, step: int) -> dict:
+    """One optimizer step on `step`'s preference pairs; its metrics record."""
+    t0 = time.time()
+    rows = batches.rows(step, **tr.pack_options())
+    lr = current_lr(tr.optimizer)
+    losses, ok, grad_norm = optimizer_step(tr.model, tr.optimizer, [r.as_batch() for r in rows],
+                                           seq_length=tr.cfg.train.seq_length, forward_step=rm_forward_step)
+    tr.scheduler.step(1)
+    loss, pairs, correct, sc, sr = reduce_report(losses, "rm", REPORT).tolist()
+    return {
+        "loss": loss / pairs,
+        "accuracy": correct / pairs,  # share of pairs scored chosen > rejected
+        "margin": (sc - sr) / pairs,
+        "score_chosen": sc / pairs,
+        "score_rejected": sr / pairs,
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "pairs": int(pairs),
+        "epoch": batches.cursor(step).epoch,
+        "skipped": not ok,
+        **tr.throughput(rows, time.time() - t0),
+    }
+
+
 def run(cfg: RunConfig) -> dict:
     tr = TrainingRun(cfg, "rm")
     data = tr.prepare_data("pairs")
     batches = tr.step_batches(data)
-    total = tr.total_steps(batches.steps_per_epoch)
-    model, optimizer, scheduler = tr.build(total, head="score")
-    step = tr.resume(data.key)
-    while step < total:
-        t0 = time.time()
-        rows = batches.rows(step, **tr.pack_options())
-        lr = current_lr(optimizer)
-        losses, ok, grad_norm = optimizer_step(model, optimizer, [r.as_batch() for r in rows],
-                                               seq_length=cfg.train.seq_length, forward_step=rm_forward_step)
-        scheduler.step(1)
-        step += 1
-        loss, pairs, correct, sc, sr = reduce_report(losses, "rm", REPORT).tolist()
-        record = {
-            "loss": loss / pairs,
-            "accuracy": correct / pairs,  # share of pairs scored chosen > rejected
-            "margin": (sc - sr) / pairs,
-            "score_chosen": sc / pairs,
-            "score_rejected": sr / pairs,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "pairs": int(pairs),
-            "epoch": batches.cursor(step - 1).epoch,
-            "skipped": not ok,
-            **tr.throughput(rows, time.time() - t0),
-        }
-        if tr.end_step(step, record, batches.cursor(step).__dict__):
-            break
-    return tr.finish(step)
+    tr.build(tr.planned_steps(batches.steps_per_epoch), head="score")
+    tr.resume(data.key)
+    return tr.loop(partial(rm_step, tr, batches), cursor=lambda step: vars(batches.cursor(step)))

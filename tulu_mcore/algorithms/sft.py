@@ -10,6 +10,7 @@ stop requests, metrics and the final HF export are the shared machinery of
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from tulu_mcore.config.schema import RunConfig
 from tulu_mcore.training.run import TrainingRun
@@ -17,32 +18,31 @@ from tulu_mcore.training.setup import current_lr
 from tulu_mcore.training.step import packed_forward_step, train_step
 
 
+def sft_step(tr: TrainingRun, batches, step: int) -> dict:
+    """One optimizer step on `step`'s conversations; its metrics record."""
+    t0 = time.time()
+    rows = batches.rows(step, **tr.pack_options())
+    lr = current_lr(tr.optimizer)
+    result = train_step(tr.model, tr.optimizer, [r.as_batch() for r in rows], seq_length=tr.cfg.train.seq_length,
+                        micro_batch_size=1, forward_step=packed_forward_step, reduction=tr.cfg.loss.reduction)
+    tr.scheduler.step(1)
+    return {
+        "loss": result.loss,  # per sequence (sum) or per trained token (token_mean)
+        "token_mean_loss": result.token_mean_loss,
+        "grad_norm": result.grad_norm,
+        "lr": lr,
+        "trained_tokens": result.num_tokens,
+        "sequences": result.num_seqs,
+        "epoch": batches.cursor(step).epoch,
+        "skipped": result.skipped,
+        **tr.throughput(rows, time.time() - t0),
+    }
+
+
 def run(cfg: RunConfig) -> dict:
     tr = TrainingRun(cfg, "sft")
     data = tr.prepare_data("sft")
     batches = tr.step_batches(data)
-    total = tr.total_steps(batches.steps_per_epoch)
-    model, optimizer, scheduler = tr.build(total)
-    step = tr.resume(data.key)
-    while step < total:
-        t0 = time.time()
-        rows = batches.rows(step, **tr.pack_options())
-        lr = current_lr(optimizer)
-        result = train_step(model, optimizer, [r.as_batch() for r in rows], seq_length=cfg.train.seq_length,
-                            micro_batch_size=1, forward_step=packed_forward_step, reduction=cfg.loss.reduction)
-        scheduler.step(1)
-        step += 1
-        record = {
-            "loss": result.loss,  # per sequence (sum) or per trained token (token_mean)
-            "token_mean_loss": result.token_mean_loss,
-            "grad_norm": result.grad_norm,
-            "lr": lr,
-            "trained_tokens": result.num_tokens,
-            "sequences": result.num_seqs,
-            "epoch": batches.cursor(step - 1).epoch,
-            "skipped": result.skipped,
-            **tr.throughput(rows, time.time() - t0),
-        }
-        if tr.end_step(step, record, batches.cursor(step).__dict__):
-            break
-    return tr.finish(step)
+    tr.build(tr.planned_steps(batches.steps_per_epoch))
+    tr.resume(data.key)
+    return tr.loop(partial(sft_step, tr, batches), cursor=lambda step: vars(batches.cursor(step)))

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 
 from tulu_mcore import __version__
+from tulu_mcore.arch import LlamaArch
 from tulu_mcore.errors import CheckpointError
-from tulu_mcore.models.llama.arch import LlamaArch
 
 META_FILE = "tulu_mcore.json"
 SIDE_DIR = "hf"
@@ -200,7 +200,6 @@ def load_checkpoint(chunks, ckpt_dir: str | Path, optimizer=None) -> dict:
 
     from tulu_mcore.checkpoint import optimizer as opt_fix
     from tulu_mcore.models.factory import unwrap
-
     from tulu_mcore.models.heads import head_of
 
     meta = read_meta(ckpt_dir)

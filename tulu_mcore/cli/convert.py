@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from tulu_mcore.convert.arguments import VERIFY_DESCRIPTION, add_layout_args, add_verify_args
 from tulu_mcore.errors import cli_errors
 
 DESCRIPTION = """\
@@ -25,45 +26,6 @@ Bad input (not a Llama checkpoint, missing or truncated files) exits with code 2
 """
 
 
-def _layout_args(p: argparse.ArgumentParser, *, with_cp: bool = False) -> None:
-    g = p.add_argument_group("parallel layout (the product must equal the number of ranks)")
-    g.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
-    g.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
-    g.add_argument("--vpp", type=int, default=1, help="virtual pipeline stages per rank (default 1)")
-    if with_cp:
-        g.add_argument("--cp", type=int, default=1, help="context-parallel size (default 1)")
-        g.add_argument("--sp", action="store_true", help="sequence parallel (needs --tp > 1)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="where the ranks compute (default cpu: gloo and the CPU runtime)")
-
-
-VERIFY_DESCRIPTION = (
-    "Run the HF model (transformers, eager attention) and the megatron checkpoint on a fixed prompt at "
-    "the given layout; the last line printed is max_abs_logit_diff=<float>; exit 0 iff it is within "
-    "tolerance. Starts TP*PP*CP ranks itself."
-)
-
-
-def verify_parser(prog: str = "tulu-convert verify") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=VERIFY_DESCRIPTION)
-    _verify_args(p)
-    return p
-
-
-def _verify_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("hf_dir", help="Hugging Face model directory (config.json + safetensors)")
-    p.add_argument("ckpt_dir", help="torch_dist checkpoint written by tulu-convert or tulu-train")
-    _layout_args(p, with_cp=True)
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="compute dtype of both models (default fp32)")
-    p.add_argument("--tol", type=float, default=None,
-                   help="largest acceptable |logit difference| (default: 1e-4 in fp32; in bf16/fp16 twice "
-                   "the dtype's own error, max |HF in that dtype - HF in fp32|, reported as noise_floor)")
-    p.add_argument("--seq-len", type=int, default=64, help="prompt length in tokens (default 64)")
-    p.add_argument("--attention", choices=("sdpa", "flex", "te"), default="sdpa",
-                   help="core attention of the megatron model (default sdpa)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tulu-convert", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     h2m.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                      help="dtype to store (default: that of the HF weights)")
     h2m.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
-    _layout_args(h2m)
+    add_layout_args(h2m)
 
     m2h = sub.add_parser("mcore-to-hf", help="torch_dist checkpoint -> HF directory",
                          description="Export a torch_dist checkpoint as config.json + sharded "
@@ -92,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ver = sub.add_parser("verify", help="compare logits of an HF directory and a checkpoint",
                          description=VERIFY_DESCRIPTION)
-    _verify_args(ver)
+    add_verify_args(ver)
     return p
 
 

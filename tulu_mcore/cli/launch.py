@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"launcher={lc.name}: choose launcher=local or launcher=slurm")
     # the job's nodes are not this one: GPUs (and Transformer Engine in their image) are assumed there
     if lc.gpus:
-        from tulu_mcore.cli.plan import plan_for
+        from tulu_mcore.plan import plan_for
 
         cfg.plan.gpus = world
         plan = plan_for(cfg)  # the layout checks, then memory: refuse before anything is submitted
@@ -95,10 +95,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     if engine_step(cfg):  # the engine starts from the policy's config.json; the trainer pushes the weights
-        from tulu_mcore.dtypes import TORCH_DTYPES
-        from tulu_mcore.rollout.vllm_engine import write_engine_config
+        from tulu_mcore.launch.engine import write_engine_config
 
-        write_engine_config(run_dir, cfg.model.arch, TORCH_DTYPES[cfg.precision.params_dtype])
+        write_engine_config(run_dir, cfg.model.arch, cfg.precision.params_dtype)
     path = run_dir / "job.sbatch"
     path.write_text(script)
     job = submit(path)

@@ -28,17 +28,6 @@ change), 2 for an impossible layout. GPUs: plan.gpus, default launcher.nodes x l
 """
 
 
-def plan_for(cfg, device: str = "cuda"):
-    """The plan of `cfg` on its GPU count (ConfigError for an impossible layout)."""
-    from tulu_mcore.config.validate import validate
-    from tulu_mcore.plan import estimate
-
-    gpus = cfg.plan.gpus or cfg.launcher.nodes * cfg.launcher.ranks_per_node
-    lay = validate(cfg, gpus, device=device, have_te=True if device == "cuda" else None)
-    return estimate(cfg, lay, device=device, capacity_gib=cfg.plan.gpu_memory_gib, mfu=cfg.plan.mfu,
-                    tokens_per_sequence=cfg.plan.tokens_per_sequence)
-
-
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
@@ -47,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     argv = parsed[0]
     from tulu_mcore.config.compose import compose
-    from tulu_mcore.plan import report
+    from tulu_mcore.plan import plan_for, report
 
     cfg = compose(argv)
     plan = plan_for(cfg)

@@ -11,6 +11,9 @@ import sys
 from tulu_mcore.cli.overrides import NO_RECIPE, parse
 from tulu_mcore.errors import UserError, cli_errors
 
+# recipe.name -> the module under tulu_mcore.algorithms whose run(cfg) trains it
+RECIPE_MODULES = {"sft": "sft", "dpo": "dpo", "rm": "rm", "rlvr_grpo": "rlvr.grpo", "rlvr_ppo": "rlvr.ppo"}
+
 USAGE = """\
 usage: tulu-train [--print-config] KEY=VALUE | GROUP=OPTION ...
 
@@ -70,10 +73,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if cfg.recipe.name == "none":
         raise UserError(NO_RECIPE)
+    if cfg.recipe.name not in RECIPE_MODULES:
+        raise UserError(f"recipe.name={cfg.recipe.name!r}: choose one of {', '.join(RECIPE_MODULES)} (recipe=NAME)")
     import importlib
 
-    module = {"rlvr_grpo": "grpo", "rlvr_ppo": "ppo"}.get(cfg.recipe.name, cfg.recipe.name)
-    importlib.import_module(f"tulu_mcore.algorithms.{module}").run(cfg)
+    importlib.import_module(f"tulu_mcore.algorithms.{RECIPE_MODULES[cfg.recipe.name]}").run(cfg)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tulu_mcore.arch import LlamaArch, read_json
 from tulu_mcore.config.schema import ModelConfig, RunConfig
 from tulu_mcore.errors import UserError
-from tulu_mcore.models.llama.arch import LlamaArch, read_json
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

@@ -7,9 +7,10 @@ step) are derived once, in :func:`tulu_mcore.config.validate.validate`, never st
 
 from dataclasses import dataclass, field
 from typing import Any
+
 from omegaconf import MISSING
 
-from tulu_mcore.models.llama.arch import LlamaArch
+from tulu_mcore.arch import LlamaArch
 
 DTYPES = ("fp32", "bf16", "fp16")
 FP8_FORMATS = ("e4m3", "hybrid")

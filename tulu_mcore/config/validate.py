@@ -7,13 +7,12 @@ them are reported together, so that a user fixes a config in one pass rather tha
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 
+from tulu_mcore.arch import Layout, even_segments
 from tulu_mcore.config.schema import (
     ATTENTION_BACKENDS,
-    DPO_LOSSES,
-    REFERENCES,
     DEVICES,
+    DPO_LOSSES,
     DTYPES,
     ENGINES,
     FP8_FORMATS,
@@ -23,29 +22,11 @@ from tulu_mcore.config.schema import (
     RECIPES,
     RECOMPUTE,
     REDUCTIONS,
-    RunConfig,
+    REFERENCES,
     WEIGHT_TRANSPORTS,
+    RunConfig,
 )
 from tulu_mcore.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The parallel layout of a run, with every derived size."""
-
-    world_size: int
-    tp: int
-    pp: int
-    vpp: int
-    cp: int
-    dp: int
-    sp: bool
-    segments: tuple[int, ...]  # decoder layers per pipeline segment, segment s = vpp_stage * pp + pp_rank
-    num_microbatches: int  # per optimizer step on each data-parallel rank
-
-    @property
-    def model_parallel_size(self) -> int:
-        return self.tp * self.pp * self.cp
 
 
 def have_transformer_engine() -> bool:
@@ -54,10 +35,6 @@ def have_transformer_engine() -> bool:
 
 def _divisors(n: int, limit: int | None = None) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0 and (limit is None or d <= limit)]
-
-
-def even_segments(num_layers: int, n_segments: int) -> tuple[int, ...]:
-    return tuple([num_layers // n_segments] * n_segments)
 
 
 def validate(
@@ -151,7 +128,6 @@ def validate(
         nmb = _check_batch(cfg, dp, err)
         _check_training(cfg, err)
 
-    # --- precision and kernels
     # --- precision and kernels
     if prec.params_dtype not in DTYPES:
         err(f"precision.params_dtype={prec.params_dtype!r} is not one of {list(DTYPES)}")

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from tulu_mcore.models.llama.arch import LlamaArch
+from tulu_mcore.arch import LlamaArch
 from tulu_mcore.models.llama.mapping import find_param, hf_shapes, shards_to_hf, units
 
 Bucket = list[tuple[str, torch.Tensor]]

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from tulu_mcore.arch import LlamaArch, read_json
 from tulu_mcore.errors import UserError
-from tulu_mcore.models.llama.arch import LlamaArch, read_json
 from tulu_mcore.models.llama.mapping import hf_shapes
 
 INDEX = "model.safetensors.index.json"

@@ -20,11 +20,11 @@ from typing import Iterator
 
 import torch
 
+from tulu_mcore.arch import LlamaArch
 from tulu_mcore.checkpoint.dist import SIDE_DIR, checkpoint_arch, checkpoint_dtype
 from tulu_mcore.checkpoint.reader import CheckpointReader
 from tulu_mcore.convert.hf_io import StreamingSafetensorsWriter
 from tulu_mcore.errors import CheckpointError, UserError
-from tulu_mcore.models.llama.arch import LlamaArch
 from tulu_mcore.models.llama.mapping import hf_shapes, shards_to_hf, units
 from tulu_mcore.runtime.logs import progress as progress_bar
 

@@ -88,7 +88,13 @@ def run_worker(a: VerifyArgs, logits_out: str) -> None:
 
     from tulu_mcore import runtime
     from tulu_mcore.checkpoint.dist import checkpoint_arch, load_model, read_meta
-    from tulu_mcore.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RunConfig, RuntimeConfig
+    from tulu_mcore.config.schema import (
+        ModelConfig,
+        ParallelConfig,
+        PrecisionConfig,
+        RunConfig,
+        RuntimeConfig,
+    )
     from tulu_mcore.models.factory import build_model
     from tulu_mcore.models.logits import full_logits
 
@@ -171,7 +177,7 @@ def verify(a: VerifyArgs, tol: float | None = None) -> tuple[dict, bool]:
 
 
 def worker_main(argv: list[str] | None = None) -> None:
-    from tulu_mcore.cli.convert import verify_parser
+    from tulu_mcore.convert.arguments import verify_parser
 
     p = verify_parser()
     p.add_argument("--logits-out", required=True)

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from tulu_mcore.errors import UserError
-from tulu_mcore.models.hub import resolve_pretrained
+from tulu_mcore.hub import resolve_pretrained
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 

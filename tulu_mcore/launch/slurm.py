@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tulu_mcore.config.schema import LauncherConfig, RunConfig
 from tulu_mcore.errors import UserError
+from tulu_mcore.launch.engine import ENGINE_DIR, SIDE_DIR, server_args
 
 # Settings the H100 + InfiniBand stacks (Megatron-LM, Megatron-Bridge, NeMo) set for training; fabric
 # specifics (NCCL_IB_HCA, NCCL_SOCKET_IFNAME, NCCL_IB_GID_INDEX on RoCE) belong in launcher.env.
@@ -178,8 +179,6 @@ def engine_step(cfg: RunConfig) -> list[str]:
     if r.vllm.tp > lc.engine_nodes * lc.ranks_per_node:
         raise UserError(f"rlvr.vllm.tp={r.vllm.tp} needs more GPUs than launcher.engine_nodes={lc.engine_nodes} x "
                         f"{lc.ranks_per_node} give")
-    from tulu_mcore.rollout.vllm_engine import ENGINE_DIR, SIDE_DIR, server_args
-
     q = shlex.quote
     model_dir = Path(cfg.run.dir) / ENGINE_DIR / "model"  # written by tulu-launch (write_engine_config)
     server = [q(r.vllm.python), q(str(SIDE_DIR / "server.py")), "--model", q(str(model_dir)), "--host", "0.0.0.0",

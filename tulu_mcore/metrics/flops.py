@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tulu_mcore.models.llama.arch import LlamaArch
+from tulu_mcore.arch import LlamaArch
 
 # Dense tensor-core peaks in FLOP/s (datasheet values; MFU is stated against these).
 PEAK_FLOPS = {

@@ -15,14 +15,14 @@ from megatron.core import parallel_state as ps
 from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from tulu_mcore.arch import Layout, LlamaArch
 from tulu_mcore.config.schema import PrecisionConfig
-from tulu_mcore.config.validate import Layout, have_transformer_engine
+from tulu_mcore.config.validate import have_transformer_engine
 from tulu_mcore.dtypes import TORCH_DTYPES
 from tulu_mcore.errors import ConfigError
 from tulu_mcore.models.heads import attach_score_head
-from tulu_mcore.models.llama.arch import LlamaArch
+from tulu_mcore.models.llama.rope import rope_inv_freq
 from tulu_mcore.models.specs import final_norm_for, stack_spec
-
 
 
 def resolve_attention(requested: str, device: str) -> str:
@@ -144,7 +144,7 @@ def build_model(
     )
     spec = stack_spec(attention)
     pattern = hybrid_pattern(layout.segments)
-    inv_freq = arch.rope_inv_freq()
+    inv_freq = rope_inv_freq(arch)
     chunks = []
     for vp in range(layout.vpp):
         vp_stage = vp if layout.vpp > 1 else None

@@ -7,7 +7,7 @@ response ended (EOS) within the length limit. One interface for every engine:
   environment, driven over a socket from global rank 0; weights arrive as HF-named full tensors.
 
 Engines outside the trainer's processes also offer ``submit(...)`` / ``collect()`` (generation that
-overlaps training, see :mod:`tulu_mcore.rollout.steps`).
+overlaps training, see :mod:`tulu_mcore.algorithms.rlvr.driver`).
 """
 
 from __future__ import annotations

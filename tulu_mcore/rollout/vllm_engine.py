@@ -30,10 +30,8 @@ import torch
 import torch.distributed as dist
 
 from tulu_mcore.errors import ConfigError, EngineError
+from tulu_mcore.launch.engine import ENGINE_DIR, SIDE_DIR, server_args, write_engine_config
 from tulu_mcore.rollout import Rollout
-
-SIDE_DIR = Path(__file__).with_name("vllm_side")
-ENGINE_DIR = "engine"
 
 
 def _python(opts) -> str:
@@ -45,26 +43,6 @@ def _python(opts) -> str:
     if not Path(py).is_file():
         raise ConfigError(f"rlvr.vllm.python={py}: no such interpreter")
     return py
-
-
-def write_engine_config(run_dir: Path, arch, dtype: torch.dtype) -> Path:
-    """The engine's model directory under run.dir: the policy's config.json only (the engine starts
-    with dummy weights; the trainer pushes the real ones)."""
-    model_dir = Path(run_dir) / ENGINE_DIR / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.json").write_text(json.dumps(arch.to_hf_config(dtype), indent=2) + "\n")
-    return model_dir
-
-
-def server_args(cfg) -> list[str]:
-    """The engine server's options that follow from the run's config (vllm_side/server.py)."""
-    from tulu_mcore.dtypes import TORCH_DTYPES
-
-    v = cfg.rlvr.vllm
-    args = ["--tp", str(v.tp), "--dtype", str(TORCH_DTYPES[cfg.precision.params_dtype]).removeprefix("torch."),
-            "--max-model-len", str(cfg.train.seq_length), "--seed", str(cfg.runtime.seed),
-            "--gpu-memory-utilization", str(v.gpu_memory_utilization)]
-    return args + (["--enforce-eager"] if v.enforce_eager else [])
 
 
 def raise_everywhere(error: str | None) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from tulu_mcore.arch import Layout
 from tulu_mcore.config.schema import RunConfig
-from tulu_mcore.config.validate import Layout, validate
+from tulu_mcore.config.validate import validate
 from tulu_mcore.runtime.distributed import DistEnv, detect_env, init_process_group, resolve_device
 
 

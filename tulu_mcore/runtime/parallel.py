@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from tulu_mcore.config.validate import Layout
+from tulu_mcore.arch import Layout
 
 
 def init_model_parallel(layout: Layout) -> None:

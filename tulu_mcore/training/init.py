@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tulu_mcore.arch import LlamaArch
 from tulu_mcore.config.schema import ModelConfig
 from tulu_mcore.errors import UserError
-from tulu_mcore.models.llama.arch import LlamaArch
 
 
 @dataclass
@@ -38,7 +38,7 @@ def resolve_init(model: ModelConfig) -> InitSource:
         return InitSource("none")
     from tulu_mcore.checkpoint.dist import META_FILE, SIDE_DIR, checkpoint_arch, read_meta
     from tulu_mcore.checkpoint.run import resolve_checkpoint
-    from tulu_mcore.models.hub import resolve_pretrained
+    from tulu_mcore.hub import resolve_pretrained
 
     path = resolve_pretrained(model.init, "model.init")
     ckpt = resolve_checkpoint(path)

@@ -1,12 +1,15 @@
-"""What every recipe's loop shares, so that each algorithm file holds only its algorithm: start-up,
-the tokenizer and tokenized data, model + optimizer + LR schedule (from ``model.init`` or resumed),
-the per-step bookkeeping (throughput, metrics, stop requests, checkpoints) and the final export.
+"""The one training loop and what every recipe shares, so that each algorithm file holds only its
+algorithm: start-up, the tokenizer and tokenized data, model + optimizer + LR schedule (from
+``model.init`` or resumed), the loop itself (:meth:`TrainingRun.loop`: a recipe hands it a step
+function that returns the step's metrics record), the per-step bookkeeping (throughput, metrics, stop
+requests, checkpoints) and the final export.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -95,7 +98,7 @@ class TrainingRun:
         d = self.cfg.data
         return StepBatches(data, global_batch=self.cfg.train.global_batch_size, seed=d.seed, shuffle=d.shuffle)
 
-    def total_steps(self, steps_per_epoch: int) -> int:
+    def planned_steps(self, steps_per_epoch: int) -> int:
         """train.max_steps, else train.epochs passes over the data."""
         return self.cfg.train.max_steps or self.cfg.train.epochs * steps_per_epoch
 
@@ -185,6 +188,26 @@ class TrainingRun:
         dev = torch.cuda.get_device_name() if self.device == "cuda" else ""
         self.peak = peak_flops(dev, "fp8" if cfg.precision.fp8 else "bf16") if dev else None
         self.t_start, self.first, self.last = time.time(), None, None
+
+    # ---------------------------------------------------------------------------------- the loop
+    def loop(self, train_step: Callable[[int], dict], cursor: Callable[[int], dict], *,
+             closing: Iterable = ()) -> dict:
+        """Train from the resumed step to the last: `train_step(step)` trains step `step` (0-based) and
+        returns its metrics record (with a ``loss``); after it, the record is logged and a checkpoint
+        written when due or asked for, with `cursor(steps done)`, the data position to save. Stops early
+        on SIGTERM/SIGUSR1 (checkpoint saved). `closing`: things to close however the loop ends (a
+        rollout engine). Returns the run's summary (:meth:`finish`)."""
+        step = self.start
+        try:
+            while step < self.total_steps:
+                record = train_step(step)
+                step += 1
+                if self.end_step(step, record, cursor(step)):
+                    break
+        finally:
+            for thing in closing:
+                thing.close()
+        return self.finish(step)
 
     # ---------------------------------------------------------------------------------- per step
     def throughput(self, rows, seconds: float, passes: float = 1.0) -> dict:

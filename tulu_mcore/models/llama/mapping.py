@@ -25,7 +25,7 @@ from typing import Protocol
 
 import torch
 
-from tulu_mcore.models.llama.arch import LlamaArch
+from tulu_mcore.arch import LlamaArch
 
 
 @dataclass(frozen=True)

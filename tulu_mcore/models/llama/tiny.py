@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tulu_mcore.models.llama.arch import LlamaArch
+from tulu_mcore.arch import LlamaArch
 
 
 def make_hf_llama(out_dir: str | Path, arch: LlamaArch, *, seed: int = 0, dtype: torch.dtype = torch.float32,

@@ -1,4 +1,5 @@
-"""Each RL step's rollouts from whichever engine, and the weight push after each step.
+"""Each RL step's rollouts from whichever engine, scored into a :class:`RolloutBatch`, and the weight push
+after each step.
 
 * An engine in the trainer's processes (``megatron``) generates each data-parallel rank's share of the
   step's prompts on that rank.
@@ -11,38 +12,50 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch.distributed as dist
 
+from tulu_mcore.algorithms.rlvr.batch import RolloutBatch
+from tulu_mcore.algorithms.rlvr.prompts import RlvrData
+from tulu_mcore.config.schema import RlvrConfig
 from tulu_mcore.errors import ConfigError, EngineError
 from tulu_mcore.rollout import Rollout
-from tulu_mcore.training.rollouts import RlvrData, step_prompts
 
 
+@dataclass
 class StepRollouts:
-    def __init__(self, engine, data: RlvrData, *, per_step: int, data_seed: int, n: int, max_new_tokens: int,
-                 temperature: float, seed: int, dp_rank: int, dp_size: int, async_generation: bool = False):
-        if async_generation and engine.in_process:
+    """What a step trains on: this rank's scored rollouts, the epoch, and the seconds spent waiting
+    for the engine."""
+
+    batch: RolloutBatch
+    epoch: int
+    generation_s: float
+
+
+class RolloutDriver:
+    def __init__(self, engine, data: RlvrData, tokenizer, opts: RlvrConfig, *, seed: int, dp_rank: int,
+                 dp_size: int):
+        if opts.async_generation and engine.in_process:
             raise ConfigError("rlvr.async_generation=true overlaps generation with training, which needs an engine "
                               "outside the trainer's processes: rlvr.engine=vllm")
         self.engine, self.data, self.ids = engine, data, data.ids
-        self.per_step, self.data_seed = per_step, data_seed
-        self.sampling = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature)
+        self.tokenizer, self.opts = tokenizer, opts
+        self.sampling = dict(n=opts.samples_per_prompt, max_new_tokens=opts.max_new_tokens,
+                             temperature=opts.temperature)
         self.seed, self.dp_rank, self.dp_size = seed, dp_rank, dp_size
-        self.async_generation = async_generation
+        self.async_generation = opts.async_generation
         self.pending: dict[int, list[int]] = {}
 
-    def prompts_of(self, step: int) -> tuple[int, list[int]]:
-        return step_prompts(self.data, step, self.per_step, self.data_seed)
-
-    def step(self, step: int, total: int) -> tuple[int, list[int], list[list[Rollout]], float]:
-        """(epoch, this rank's prompt indices, their rollouts, seconds waited) for `step`; in async mode
-        the next step's generation is submitted before returning, to overlap this step's training."""
-        epoch, indices = self.prompts_of(step)
+    def step(self, step: int, total: int) -> StepRollouts:
+        """`step`'s rollouts on this rank; in async mode the next step's generation is submitted before
+        returning, to overlap this step's training."""
+        epoch, indices = self.data.step_prompts(step)
         mine, groups, waited = self.take(step, indices)
         if self.async_generation and step + 1 < total:
-            self.request(step + 1, self.prompts_of(step + 1)[1])
-        return epoch, mine, groups, waited
+            self.request(step + 1, self.data.step_prompts(step + 1)[1])
+        batch = RolloutBatch.score([self.data.prompts[i] for i in mine], groups, self.tokenizer, self.opts)
+        return StepRollouts(batch, epoch, waited)
 
     def close(self) -> None:
         self.engine.close()
@@ -92,21 +105,19 @@ class StepRollouts:
         return {"weight_push_s": time.time() - t0, "weight_push_bytes": sent}
 
 
-def start_rollouts(cfg, tr, chunks, data: RlvrData) -> StepRollouts:
-    """The engine rlvr.engine names, started for the policy `chunks` (after resume), and the per-step
-    rollouts drawn from it."""
-    opts = cfg.rlvr
-    return StepRollouts(make_engine(cfg, tr, chunks), data, per_step=cfg.train.global_batch_size,
-                        data_seed=cfg.data.seed, n=opts.samples_per_prompt, max_new_tokens=opts.max_new_tokens,
-                        temperature=opts.temperature, seed=cfg.runtime.seed, dp_rank=tr.dp_rank, dp_size=tr.dp_size,
-                        async_generation=opts.async_generation)
+def start_rollouts(tr, chunks, data: RlvrData) -> RolloutDriver:
+    """The engine rlvr.engine names, started for the policy `chunks` of the run `tr` (after resume), and
+    the per-step rollouts drawn from it."""
+    cfg = tr.cfg
+    return RolloutDriver(make_engine(tr, chunks), data, tr.tokenizer, cfg.rlvr, seed=cfg.runtime.seed,
+                         dp_rank=tr.dp_rank, dp_size=tr.dp_size)
 
 
-def make_engine(cfg, tr, chunks):
+def make_engine(tr, chunks):
     """The engine rlvr.engine names, for the policy `chunks` (built, weights loaded or resumed); its
     weight version counts the policy's optimizer steps."""
-    opts = cfg.rlvr
-    if opts.engine == "megatron":
+    cfg = tr.cfg
+    if cfg.rlvr.engine == "megatron":
         from tulu_mcore.rollout.megatron_engine import MegatronEngine
 
         engine = MegatronEngine(chunks, eos_id=tr.tokenizer.eos_token_id, max_sequence_length=cfg.train.seq_length)

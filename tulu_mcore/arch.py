@@ -1,23 +1,32 @@
-"""The Llama 3.x architecture as Hugging Face's ``config.json`` describes it.
+"""The ground floor: what a run is made of before any tensor exists. Torch-free; config, runtime,
+models, the planner and the launcher all read it, and it imports nothing of the project but errors.
 
-One dataclass, also the Hydra schema of ``model.arch``: read from a ``config.json`` (transformers 4.x
-``rope_theta``/``rope_scaling`` or 5.x ``rope_parameters`` spelling) or from a preset under
-``conf/model/``, and written back in the Llama-3.1 hub format that every transformers and vLLM
-release reads.
+* :class:`LlamaArch`, the Llama 3.x architecture as Hugging Face's ``config.json`` describes it (also
+  the Hydra schema of ``model.arch``): read from a ``config.json`` (transformers 4.x
+  ``rope_theta``/``rope_scaling`` or 5.x ``rope_parameters`` spelling) or a preset under
+  ``conf/model/``, written back in the Llama-3.1 hub format that every transformers and vLLM release
+  reads; its exact parameter count.
+* :class:`Layout`, a run's parallel layout (TP, PP, VPP, CP, DP, SP, layers per pipeline segment,
+  micro-batches per step), as :func:`tulu_mcore.config.validate.validate` derives it.
 """
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tulu_mcore.errors import UserError
 
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "LlamaForSequenceClassification")
+# the config names of dtypes (precision.params_dtype) and the names torch and config.json give them
+HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def hf_dtype_name(dtype: Any) -> str:
+    """``bfloat16`` for torch.bfloat16, "bfloat16" or "bf16" (no torch import needed)."""
+    name = str(dtype).removeprefix("torch.")
+    return HF_DTYPE_NAMES.get(name, name)
 
 
 @dataclass
@@ -140,8 +149,9 @@ class LlamaArch:
             raise UserError(f"{source}: head_dim={self.head_dim} must be even for RoPE")
 
     # ------------------------------------------------------------------ export
-    def to_hf_config(self, dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
-        """config.json in the Llama-3.1 hub format (legacy rope keys: read by transformers 4 and 5)."""
+    def to_hf_config(self, dtype: Any = "bfloat16") -> dict[str, Any]:
+        """config.json in the Llama-3.1 hub format (legacy rope keys: read by transformers 4 and 5);
+        `dtype` a torch dtype, its name (``bfloat16``) or a config name (``bf16``)."""
         rope = None
         if self.rope_scaling is not None:
             rs = self.rope_scaling
@@ -174,7 +184,7 @@ class LlamaArch:
             "rope_scaling": rope,
             "rope_theta": self.rope_theta,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "torch_dtype": str(dtype).removeprefix("torch."),
+            "torch_dtype": hf_dtype_name(dtype),
             "use_cache": True,
             "vocab_size": self.vocab_size,
         }
@@ -189,25 +199,6 @@ class LlamaArch:
         emb = v * h * (1 if self.tie_word_embeddings else 2)
         return L * per_layer + emb + h
 
-    def rope_inv_freq(self) -> torch.Tensor:
-        """RoPE inverse frequencies with llama3 scaling, written out from Meta's reference."""
-        dim = self.head_dim
-        inv_freq = 1.0 / (self.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
-        rs = self.rope_scaling
-        if rs is None:
-            return inv_freq
-        low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
-        high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
-        wavelen = 2 * math.pi / inv_freq
-        # long wavelengths are slowed by `factor`, short ones kept, the band between interpolated
-        scaled = torch.where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq)
-        smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
-            rs.high_freq_factor - rs.low_freq_factor
-        )
-        smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        return torch.where(medium, smoothed, scaled)
-
 
 def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -216,3 +207,27 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+# ------------------------------------------------------------------------------------------ layout
+@dataclass(frozen=True)
+class Layout:
+    """The parallel layout of a run, with every derived size."""
+
+    world_size: int
+    tp: int
+    pp: int
+    vpp: int
+    cp: int
+    dp: int
+    sp: bool
+    segments: tuple[int, ...]  # decoder layers per pipeline segment, segment s = vpp_stage * pp + pp_rank
+    num_microbatches: int  # per optimizer step on each data-parallel rank
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tp * self.pp * self.cp
+
+
+def even_segments(num_layers: int, n_segments: int) -> tuple[int, ...]:
+    return tuple([num_layers // n_segments] * n_segments)

@@ -1,0 +1,154 @@
+"""A step's rollouts on one data-parallel rank, typed (in the spirit of torchtune's ``Trajectory``).
+
+A :class:`Trajectory` is one prompt + sampled response; its fields are grouped by the stage of the RL
+step that fills them: the engine, the verifier, the trainer's forward passes, the algorithm. Per-token
+fields hold one value per *response* token. A :class:`RolloutBatch` holds the step's trajectories in
+group order (the samples of prompt j are trajectories ``j*n .. j*n + n-1``), packs them into rows (the
+response tokens are the trained ones) and moves per-token fields between trajectories and rows: a
+response token's value sits at the row position that *predicts* it (the loss mask's position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tulu_mcore.config.schema import RlvrConfig
+from tulu_mcore.data.packing import PackedRow, pack
+from tulu_mcore.data.rlvr import Prompt
+from tulu_mcore.rewards import DATASETS, check, reward
+from tulu_mcore.rollout import Rollout
+
+PerToken = Literal["engine_logps", "old_logps", "ref_logps", "old_values", "advantages", "returns"]
+
+
+@dataclass
+class Trajectory:
+    # the engine
+    ids: np.ndarray  # prompt + response token ids (EOS included when it was generated)
+    prompt_len: int
+    engine_logps: np.ndarray  # per response token: the engine's sampling log-prob
+    finished: bool  # EOS before rlvr.max_new_tokens
+    weight_version: int  # of the weights that generated it
+    # the verifier
+    dataset: str
+    verified: bool
+    score: float  # the reward the algorithm starts from (rlvr.verified_reward, no-EOS penalty)
+    # the trainer's forward passes, per response token (PPO; GRPO reads the reference in its loss)
+    old_logps: np.ndarray | None = None  # π_old: the policy before this step's updates
+    ref_logps: np.ndarray | None = None  # π_ref: the frozen reference
+    old_values: np.ndarray | None = None  # V_old: the value model before this step's updates
+    # the algorithm, per response token
+    advantages: np.ndarray | None = None
+    returns: np.ndarray | None = None  # PPO: the value model's targets
+
+    @property
+    def response_len(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+
+@dataclass
+class RolloutBatch:
+    trajectories: list[Trajectory]
+    samples_per_prompt: int
+
+    @classmethod
+    def score(cls, prompts: list[Prompt], groups: list[list[Rollout]], tokenizer, opts: RlvrConfig) -> "RolloutBatch":
+        """The engine's rollouts of `prompts` (one group of samples per prompt), verified and scored."""
+        out = []
+        for p, group in zip(prompts, groups):
+            for r in group:
+                verdict = check(p.dataset, tokenizer.decode(r.response.tolist(), skip_special_tokens=True),
+                                p.ground_truth, tulu3_compat=opts.tulu3_compat)
+                out.append(Trajectory(
+                    ids=np.concatenate([r.prompt, r.response]), prompt_len=len(r.prompt),
+                    engine_logps=np.asarray(r.logprobs, dtype=np.float64), finished=r.finished,
+                    weight_version=r.weight_version, dataset=p.dataset, verified=verdict.verified,
+                    score=reward(verdict, r.finished, verified_reward=opts.verified_reward,
+                                 no_eos_penalty=opts.no_eos_penalty)))
+        return cls(out, len(groups[0]) if groups else opts.samples_per_prompt)
+
+    # ------------------------------------------------------------------------------ shape
+    @property
+    def scores(self) -> np.ndarray:
+        """[prompts, samples]"""
+        return np.array([t.score for t in self.trajectories], dtype=np.float64).reshape(-1, self.samples_per_prompt)
+
+    @property
+    def weight_version(self) -> int:
+        """The oldest weights among the rollouts."""
+        return min(t.weight_version for t in self.trajectories)
+
+    def split(self, parts: int) -> list["RolloutBatch"]:
+        """`parts` batches of whole prompt groups, in order (GRPO's mini-batches)."""
+        n = self.samples_per_prompt
+        prompts = np.array_split(np.arange(len(self.trajectories) // n), parts)
+        return [RolloutBatch([self.trajectories[j * n + k] for j in part for k in range(n)], n) for part in prompts]
+
+    def set_advantages(self, per_sequence: np.ndarray) -> None:
+        """One advantage per trajectory, on each of its response tokens (GRPO)."""
+        for t, a in zip(self.trajectories, per_sequence.reshape(-1)):
+            t.advantages = np.full(t.response_len, float(a))
+
+    # ------------------------------------------------------------------------------ rows
+    def pack(self, tr) -> list[PackedRow]:
+        """Rows of prompt + response sequences for the run `tr` (a TrainingRun); the response tokens are
+        the trained ones."""
+        examples = []
+        for t in self.trajectories:
+            trained = np.zeros(len(t.ids), np.uint8)
+            trained[t.prompt_len:] = 1
+            examples.append((t.ids, trained))
+        return pack(examples, tr.cfg.train.seq_length, multiple=tr.multiple, pad_id=tr.pad_id, trim=tr.trim_rows)
+
+    def per_token(self, row: PackedRow, field: PerToken) -> torch.Tensor:
+        """[1, T]: each trajectory's `field` at the positions that predict its response tokens, zeros
+        elsewhere."""
+        arr = torch.zeros_like(row.loss_mask, dtype=torch.float32)
+        for d, unit in enumerate(row.units):
+            t = self.trajectories[unit]
+            start = int(row.cu_seqlens_padded[d]) + t.prompt_len - 1
+            vals = torch.as_tensor(getattr(t, field), dtype=torch.float32)
+            arr[0, start:start + len(vals)] = vals
+        return arr
+
+    def from_token(self, row: PackedRow, values: torch.Tensor, field: PerToken) -> None:
+        """The inverse of per_token: each trajectory's `field` from the row's values ([1, T])."""
+        values = values.reshape(-1)
+        for d, unit in enumerate(row.units):
+            t = self.trajectories[unit]
+            start = int(row.cu_seqlens_padded[d]) + t.prompt_len - 1
+            setattr(t, field, values[start:start + t.response_len].double().cpu().numpy())
+
+    # ------------------------------------------------------------------------------ metrics
+    def verifier_record(self) -> dict:
+        """The step's verifier metrics over all data-parallel ranks (collective; every TP rank and
+        pipeline stage of a replica scored the same rollouts, so one rank per replica contributes)."""
+        counts = torch.zeros(len(DATASETS), 5, dtype=torch.float64)  # responses, verified, no EOS, tokens, score
+        if is_replica_reporter():
+            for t in self.trajectories:
+                counts[DATASETS.index(t.dataset)] += torch.tensor(
+                    [1, t.verified, not t.finished, t.response_len, t.score], dtype=torch.float64)
+        dist.all_reduce(counts)
+        n, verified, no_eos, length, total = counts.sum(0).tolist()
+        return {
+            "reward_mean": total / n,
+            "verified_rate": verified / n,
+            **{f"verified_rate_{name}": counts[j, 1].item() / counts[j, 0].item()
+               for j, name in enumerate(DATASETS) if counts[j, 0] > 0},
+            "response_length": length / n,
+            "no_eos_rate": no_eos / n,
+            "responses": int(n),
+        }
+
+
+def is_replica_reporter() -> bool:
+    """One rank per data-parallel replica (TP rank 0 of the last pipeline stage, which also holds the
+    per-token results of forward passes)."""
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_rank() == 0 and ps.is_pipeline_last_stage(ignore_virtual=True)

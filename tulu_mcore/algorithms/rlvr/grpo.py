@@ -1,0 +1,140 @@
+"""RL with verifiable rewards, GRPO (Tülu 3.1) on megatron-core: ``tulu-train recipe=rlvr_grpo``.
+
+Each step takes ``train.global_batch_size`` prompts (a seeded permutation per epoch, split over data-
+parallel ranks); the rollout engine samples ``rlvr.samples_per_prompt`` responses per prompt; the
+verifiers score them (``rlvr.verified_reward`` when verified; ``rlvr.no_eos_penalty`` replaces the
+score of a response that never ended); advantages are the scores normalised within each prompt's group
+(mean 0, divided by the group's standard deviation). Prompt + response sequences are packed into rows,
+the frozen reference model gives each response token's log-prob, and the policy takes one step on
+
+    per token:  -min(r A, clip(r, 1 - ε, 1 + ε) A) + β kl3,   kl3 = exp(ref - logp) - (ref - logp) - 1
+
+averaged over the response tokens of each optimizer step: ``rlvr.minibatches`` of them per batch of
+rollouts (split by prompts; Tülu 3.1: 2). r = π/π_old is 1 on a single on-policy step; after an
+earlier mini-batch's update, or with rlvr.async_generation (rollouts from the previous weights),
+π_old is the engine's log-prob of the sampled token and the clip matters. Every step records the agreement of the engine's sampling log-probs with the
+trainer's (exact comparison only on-policy).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import numpy as np
+import torch
+
+from tulu_mcore.algorithms.rlvr.driver import RolloutDriver, start_rollouts
+from tulu_mcore.algorithms.rlvr.prompts import load_rlvr_data
+from tulu_mcore.config.schema import RlvrConfig, RunConfig
+from tulu_mcore.errors import UserError
+from tulu_mcore.training.run import TrainingRun
+from tulu_mcore.training.setup import current_lr
+from tulu_mcore.training.step import forward_outputs, optimizer_step, packed_forward, reduce_report
+
+REPORT = 5  # loss sum, response tokens, kl3 sum, |engine - trainer| log-prob sum, clipped tokens
+
+
+def group_advantages(scores: np.ndarray) -> np.ndarray:
+    """(score - group mean) / (group std + 1e-8), each row one prompt's samples (unbiased std, as
+    torch.std)."""
+    mean = scores.mean(axis=1, keepdims=True)
+    std = scores.std(axis=1, ddof=1, keepdims=True) if scores.shape[1] > 1 else np.zeros_like(mean)
+    return (scores - mean) / (std + 1e-8)
+
+
+def grpo_token_loss(logp, old_logp, ref_logp, advantages, *, clip: float, beta: float):
+    """Per-token GRPO loss and kl3 (tensors of the same shape)."""
+    ratio = torch.exp(logp - old_logp)
+    pg = -torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
+    d = ref_logp - logp
+    kl3 = torch.exp(d) - d - 1
+    return pg + beta * kl3, kl3, ratio
+
+
+def grpo_loss(batch: dict, opts: RlvrConfig, output: torch.Tensor):
+    mask = batch["loss_mask"].to(output.device).float()
+    logp = -output.float()
+    adv = batch["advantages"].to(logp)
+    ref = batch["ref_logps"].to(logp)
+    old = batch["old_logps"].to(logp) if "old_logps" in batch else logp.detach()
+    loss, kl3, ratio = grpo_token_loss(logp, old, ref, adv, clip=opts.clip, beta=opts.beta)
+    total = (loss * mask).sum()
+    with torch.no_grad():
+        clipped = ((ratio - 1).abs() > opts.clip).float()
+        agree = (logp - batch["engine_logps"].to(logp)).abs()
+        report = torch.stack([total.detach(), mask.sum(), (kl3 * mask).sum(), (agree * mask).sum(),
+                              (clipped * mask).sum()])
+    return total, mask.sum().int(), {"grpo": report}
+
+
+def grpo_forward_step(data_iterator, model, opts: RlvrConfig):
+    batch = next(data_iterator)
+    output, _ = packed_forward(batch, model)
+    return output, partial(grpo_loss, batch, opts)
+
+
+def grpo_step(tr: TrainingRun, rollouts: RolloutDriver, reference, step: int) -> dict:
+    """Rollouts of `step`'s prompts, then rlvr.minibatches optimizer steps on them; the metrics record."""
+    cfg, opts = tr.cfg, tr.cfg.rlvr
+    drawn = rollouts.step(step, tr.total_steps)
+    batch = drawn.batch
+    batch.set_advantages(group_advantages(batch.scores))
+    off_policy = opts.async_generation or opts.minibatches > 1  # π_old is the engine's policy, not this one
+    lr = current_lr(tr.optimizer)
+    t_ref = t_opt = 0.0
+    reports, all_rows, ok = [], [], True
+    for part in batch.split(opts.minibatches):  # by prompts
+        t1 = time.time()
+        rows = part.pack(tr)
+        batches = [row.as_batch() for row in rows]
+        # the reference's log-prob of every response token (read by the loss, on the last stage)
+        ref = forward_outputs(reference, batches, seq_length=cfg.train.seq_length)
+        for i, (row, mb) in enumerate(zip(rows, batches)):
+            mb.update(advantages=part.per_token(row, "advantages"), engine_logps=part.per_token(row, "engine_logps"))
+            if ref is not None:
+                mb["ref_logps"] = -ref[i].float()
+            if off_policy:
+                mb["old_logps"] = mb["engine_logps"]
+        t2 = time.time()
+        losses, part_ok, grad_norm = optimizer_step(tr.model, tr.optimizer, batches, seq_length=cfg.train.seq_length,
+                                                    forward_step=partial(grpo_forward_step, opts=opts))
+        tr.scheduler.step(1)
+        t_ref, t_opt = t_ref + t2 - t1, t_opt + time.time() - t2
+        reports.append(reduce_report(losses, "grpo", REPORT))
+        all_rows += rows
+        ok = ok and part_ok
+    pushed = rollouts.push(tr.model, tr.arch)
+    loss, tokens, kl, _, clipped = torch.stack(reports).sum(0).tolist()
+    first_tokens, agree = reports[0][1].item(), reports[0][3].item()  # before this step's updates
+    return {
+        "loss": loss / tokens,
+        **batch.verifier_record(),
+        "kl": kl / tokens,
+        "clip_fraction": clipped / tokens,
+        "logprob_abs_diff": agree / first_tokens,  # engine vs trainer, on the sampled tokens
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "weight_version": batch.weight_version,  # of the rollouts trained on
+        "generation_s": drawn.generation_s,
+        "reference_s": t_ref,
+        "training_s": t_opt,
+        **pushed,
+        "skipped": not ok,
+        **tr.throughput(all_rows, t_opt),
+    }
+
+
+def run(cfg: RunConfig) -> dict:
+    opts = cfg.rlvr
+    tr = TrainingRun(cfg, "grpo")
+    data = load_rlvr_data(cfg, tr.tokenizer, tr.log, tr.dp_size)
+    if data.per_step % (tr.dp_size * opts.minibatches):
+        raise UserError(f"train.global_batch_size={data.per_step} prompts must divide into rlvr.minibatches="
+                        f"{opts.minibatches} parts on each of {tr.dp_size} data-parallel ranks")
+    total = tr.planned_steps(data.steps_per_epoch)
+    model, _, _ = tr.build(total, optimizer_steps=total * opts.minibatches)
+    reference = tr.build_reference()
+    tr.resume(data.key)
+    rollouts = start_rollouts(tr, model, data)
+    return tr.loop(partial(grpo_step, tr, rollouts, reference), cursor=data.cursor, closing=[rollouts])

@@ -1,0 +1,56 @@
+"""The verifiable prompts of an RLVR run (loaded, tokenized, checked against the row length), and which
+of them each step takes: a seeded permutation per epoch, in slices of ``train.global_batch_size``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tulu_mcore.config.schema import RunConfig
+from tulu_mcore.data.cache import fingerprint
+from tulu_mcore.data.rlvr import Prompt, encode_prompts, load_prompts
+from tulu_mcore.data.sources import source_fingerprint, source_specs
+from tulu_mcore.data.tokenizer import tokenizer_fingerprint
+from tulu_mcore.errors import UserError
+
+
+@dataclass
+class RlvrData:
+    prompts: list[Prompt]
+    ids: list[np.ndarray]  # the prompts' token ids (chat template + generation prompt)
+    key: str  # identifies data + tokenizer (a resumed run must see the same)
+    steps_per_epoch: int
+    per_step: int  # prompts per step, all data-parallel ranks together
+    seed: int  # of the epoch permutations
+
+    def cursor(self, steps_done: int) -> dict:
+        """The data position saved with a checkpoint after `steps_done` steps (the epoch of the last)."""
+        return {"step": steps_done, "epoch": max(steps_done - 1, 0) // self.steps_per_epoch}
+
+    def step_prompts(self, step: int) -> tuple[int, list[int]]:
+        """(epoch, the indices of the prompts of `step`)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng(self.seed + epoch).permutation(len(self.prompts))
+        return epoch, [int(i) for i in order[k * self.per_step:(k + 1) * self.per_step]]
+
+
+def load_rlvr_data(cfg: RunConfig, tokenizer, log, dp_size: int) -> RlvrData:
+    per_step = cfg.train.global_batch_size
+    if per_step % dp_size:
+        raise UserError(f"train.global_batch_size={per_step} prompts must divide over {dp_size} data-parallel ranks")
+    specs = source_specs(cfg.data.train)
+    loaded = load_prompts(specs, on_error=cfg.data.on_error, seed=cfg.data.seed)
+    log(f"data: {len(loaded.prompts):,} prompts ({loaded.examples_seen:,} read; skipped: "
+        f"{dict(loaded.skipped) or 'none'})")
+    ids = encode_prompts(loaded.prompts, tokenizer)
+    steps_per_epoch = len(loaded.prompts) // per_step
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(loaded.prompts)} prompts: fewer than one step's train.global_batch_size={per_step}")
+    longest = max(len(x) for x in ids)
+    if longest + cfg.rlvr.max_new_tokens > cfg.train.seq_length:
+        raise UserError(f"a prompt of {longest} tokens + rlvr.max_new_tokens={cfg.rlvr.max_new_tokens} does not fit "
+                        f"train.seq_length={cfg.train.seq_length}: raise train.seq_length")
+    key = fingerprint({"kind": "rlvr", "sources": [source_fingerprint(s) for s in specs],
+                       "tokenizer": tokenizer_fingerprint(tokenizer)})
+    return RlvrData(loaded.prompts, ids, key, steps_per_epoch, per_step, cfg.data.seed)
