@@ -26,9 +26,13 @@ FLOPs at the stated MFU, the bubble that of the pipeline schedule.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 
+from omegaconf import OmegaConf
+
 from tulu_mcore.arch import Layout, LlamaArch
+from tulu_mcore.config.compose import CONF_DIR, compose
 from tulu_mcore.config.schema import RunConfig
 from tulu_mcore.metrics.flops import PEAK_FLOPS, flops_per_token
 
@@ -253,3 +257,182 @@ def report(plan: Plan, cfg: RunConfig) -> str:
     lines.append(f"fits={'true' if plan.fits else 'false'} peak_gib={plan.peak_gib:.2f} "
                  f"gpus={plan.gpus + plan.engine_gpus}")
     return "\n".join(lines)
+
+
+
+# --- A bare question -------------------------------------------------------------------------------------
+# `tulu-plan model=llama3_1_405b` names a model and little else. The root config's defaults suit the tiny
+# model on CPU (fp32 weights, 64-token rows, a batch of 4): they answer no question about a real model,
+# and often fit no layout at all. So tulu-plan fills in what a question without `experiment=` leaves out,
+# from the model's golden experiment (conf/experiment) when it has one, else Tülu 3's SFT numbers on the
+# default node, and prints every value it assumed. Only tulu-plan does this: tulu-train and tulu-launch
+# (and plan_for above) use exactly the config they are given.
+
+TULU3_SFT = {"train.seq_length": 4096, "train.global_batch_size": 128}  # Tülu 3 8B / 70B SFT
+# Recipes whose runs have the same kind of rows: conversations; pairs in a row; a policy beside a rollout
+# engine
+FAMILY = {"none": "sft", "sft": "sft", "dpo": "pairs", "rm": "pairs", "rlvr_grpo": "rl", "rlvr_ppo": "rl"}
+# What a golden experiment lends a question, by how near its recipe is to the question's: "any" (the job's
+# size: precision, lengths, layout, GPUs), "family" (the same kind of rows and engine), "exact" (the
+# recipe's own numbers: an RL run's samples and passes, PPO's value model). "parallel" is the layout,
+# lent whole or not at all (its keys only make sense together).
+LENT = (("precision", "any"), ("train.seq_length", "any"), ("data.max_seq_len", "family"),
+        ("train.global_batch_size", "any"), ("train.recompute", "any"), ("parallel", "any"),
+        ("plan.gpus", "any"),
+        ("rlvr.engine", "family"), ("rlvr.vllm.tp", "family"), ("launcher.engine_nodes", "family"),
+        ("rlvr.samples_per_prompt", "exact"), ("rlvr.ppo_epochs", "exact"), ("rlvr.minibatches", "exact"),
+        ("plan.value_arch", "exact"))
+# The keys of a question that say a lent key: the launcher's size is a GPU count too; a data.max_seq_len
+# lent without the row it was sized for could contradict the user's own train.seq_length
+SAID_BY = {"plan.gpus": ("plan.gpus", "launcher.nodes", "launcher.ranks_per_node"),
+           "data.max_seq_len": ("data.max_seq_len", "train.seq_length")}
+
+
+@dataclass
+class Assumption:
+    key: str  # a config key, or a group ("precision", "recipe", "parallel")
+    value: object
+    source: str  # where the value comes from
+
+    def overrides(self) -> list[str]:
+        if self.key == "parallel" and isinstance(self.value, dict):  # a layout's keys
+            return [f"parallel.{k}={override_value(v)}" for k, v in self.value.items()]
+        return [f"{self.key}={override_value(self.value)}"]
+
+    def line(self) -> str:
+        change = {"parallel": "parallel.*", "precision": "precision=...",
+                  "recipe": "recipe=dpo|rm|rlvr_grpo|rlvr_ppo"}.get(self.key, self.key)
+        return f"assumed: {' '.join(self.overrides())} ({self.source}; set {change} to change)"
+
+
+def override_value(v) -> str:
+    """`v` in Hydra's override syntax."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(override_value(x) for x in v) + "]"
+    return str(v)
+
+
+def said(argv: list[str], key: str) -> bool:
+    """Whether overrides `argv` set `key` (or a key standing for it, SAID_BY), a section holding it, or a
+    key inside it (`precision=fp32` and `precision.params_dtype=fp32` both say the precision)."""
+    given = {a.lstrip("+~").split("=", 1)[0] for a in argv}
+    return any(g == k or g.startswith(k + ".") or k.startswith(g + ".")
+               for g in given for k in SAID_BY.get(key, (key,)))
+
+
+def _groups(raw) -> dict[str, str]:
+    """An experiment's group choices: `- override /precision: bf16` -> {"precision": "bf16"}."""
+    return {k.split("/")[-1]: v for entry in raw.get("defaults", []) if not isinstance(entry, str)
+            for k, v in entry.items()}
+
+
+def golden_experiments() -> dict[tuple[str, str], str]:
+    """(model preset, recipe) -> the experiment of conf/experiment made for it."""
+    found = {}
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        groups = _groups(OmegaConf.load(path))
+        if "model" in groups and "recipe" in groups:
+            found.setdefault((groups["model"], groups["recipe"]), path.stem)
+    return found
+
+
+def nearest_experiment(model: str, recipe: str) -> tuple[str, str] | None:
+    """(its recipe, its name): the golden experiment of `model` for `recipe`, else one of the recipe's
+    family, else the model's SFT; None for a model without one."""
+    golden = golden_experiments()
+    family = [r for r in FAMILY if FAMILY[r] == FAMILY[recipe] and r != recipe]
+    for r in (recipe, *family, "sft"):
+        if (model, r) in golden:
+            return r, golden[(model, r)]
+    return None
+
+
+def lent_values(name: str) -> dict[str, object]:
+    """The values of LENT that experiment `name` sets ("plan.gpus": the GPU count it is sized for)."""
+    raw = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml")
+    out: dict[str, object] = {}
+    absent = object()
+    for key, _ in LENT:
+        if key == "precision":
+            value = _groups(raw).get("precision", absent)
+        elif key == "plan.gpus" and OmegaConf.select(raw, key) is None and "launcher" in raw:
+            value = raw.launcher.get("nodes", 1) * raw.launcher.get("ranks_per_node", 8)
+        else:
+            value = OmegaConf.select(raw, key, default=absent)
+        if value is not absent:
+            out[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return out
+
+
+def assume(argv: list[str], cfg: RunConfig) -> list[Assumption]:
+    """What a question without `experiment=` leaves out, filled in (`cfg`: the question as composed)."""
+    if said(argv, "experiment"):
+        return []
+    out = []
+    recipe = cfg.recipe.name
+    if recipe == "none" and not said(argv, "recipe"):  # recipe=none trains nothing: plan Tülu's first stage
+        recipe = "sft"
+        out.append(Assumption("recipe", "sft", "a question without a recipe plans SFT"))
+    nearest = nearest_experiment(cfg.model.name, recipe)
+    if nearest:
+        their_recipe, name = nearest
+        reach = ("any", "family", "exact") if their_recipe == recipe else (
+            ("any", "family") if FAMILY[their_recipe] == FAMILY[recipe] else ("any",))
+        source = f"experiment={name}"
+        if their_recipe != recipe:
+            source += f", the nearest to recipe={recipe}"
+        lent = lent_values(name)
+        out += [Assumption(key, lent[key], source) for key, how in LENT
+                if how in reach and key in lent and not said(argv, key)]
+        return out
+    tulu3 = f"Tülu 3 SFT; no experiment for model={cfg.model.name}"
+    defaults = [("precision", "bf16", "training on GPUs"),
+                *[(key, value, tulu3) for key, value in TULU3_SFT.items()],
+                ("train.recompute", cfg.train.recompute, "the default"),
+                ("parallel", "dp", "the default"),
+                ("plan.gpus", cfg.launcher.nodes * cfg.launcher.ranks_per_node,
+                 "the default launcher.nodes x launcher.ranks_per_node")]
+    out += [Assumption(key, value, source) for key, value, source in defaults if not said(argv, key)]
+    return out
+
+
+def question(argv: list[str]) -> tuple[RunConfig, list[str]]:
+    """tulu-plan's config for overrides `argv`, and the lines that say what it assumed (none when `argv`
+    names an experiment or leaves nothing out)."""
+    cfg = compose(argv)
+    assumed = assume(argv, cfg)
+    if not assumed:
+        return cfg, []
+
+    def asked() -> list[str]:  # the question in full: the user's overrides, then the assumed ones
+        return argv + [o for a in assumed for o in a.overrides()]
+
+    cfg = compose(asked())
+    gpus = cfg.plan.gpus or cfg.launcher.nodes * cfg.launcher.ranks_per_node
+    mp = cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp
+    layout = next((a for a in assumed if a.key == "parallel"), None)
+    if layout is not None and gpus % mp:
+        # an experiment's layout on the user's own GPU count, which it does not divide: refusing it would
+        # refuse a layout the user never chose, so plan the default one (the user's own layout is refused)
+        layout.source = (f"the default; {layout.source} has TP x PP x CP = {mp}, which does not divide "
+                         f"{gpus} GPUs")
+        layout.value = "dp"
+        cfg = compose(asked())
+        mp = 1
+    p, t = cfg.parallel, cfg.train
+    batch = next((a for a in assumed if a.key == "train.global_batch_size"), None)
+    if batch is not None and gpus % mp == 0:  # (an impossible layout is refused as such)
+        # an assumed batch follows the layout: whole micro-batches on every DP rank, a multiple of PP of
+        # them when interleaved
+        step = t.micro_batch_size * gpus // mp * (p.pp if p.vpp > 1 else 1)
+        rounded = -(-t.global_batch_size // step) * step
+        if rounded != t.global_batch_size:
+            batch.source += (f"; {t.global_batch_size} rounded up to a multiple of micro_batch_size x DP"
+                             + (" x PP" if p.vpp > 1 else "") + f" = {step}")
+            batch.value = t.global_batch_size = rounded
+    full = " ".join(["tulu-plan", *map(shlex.quote, asked())])
+    return cfg, [a.line() for a in assumed] + [f"the question in full (change any KEY=VALUE; --help): {full}"]

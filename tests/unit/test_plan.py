@@ -1,6 +1,7 @@
 """tulu-plan: exact parameter counts (against transformers' own model on the meta device), FLOPs per
 token against the published Megatron anchors, the golden experiments fit their stated GPU counts, and
-misfits / impossible layouts are refused with what to change."""
+misfits / impossible layouts are refused with what to change; a bare question (no experiment=) is planned
+with realistic values for what it leaves out, each one stated, and the user's own keys win."""
 
 import subprocess
 import sys
@@ -98,3 +99,139 @@ def test_launch_refuses_a_misfit_before_submitting():
                            "parallel.sp=false", "train.recompute=none", "launcher=slurm"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "error: tulu-plan: this run needs" in proc.stderr and "submitted" not in proc.stdout
+
+
+# --- a bare question: no experiment=, realistic values for what it leaves out, each one stated
+
+def plan_main(capsys, *args):
+    """tulu-plan in this process: (exit code, stdout lines, stderr)."""
+    from tulu_mcore.cli.plan import main
+
+    try:
+        main(list(args))
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out.strip().splitlines(), out.err
+
+
+def assumed(lines):
+    return {line.split()[1].split("=")[0]: line for line in lines if line.startswith("assumed: ")}
+
+
+@pytest.mark.parametrize("preset,published,gpus,batch,tp", [("llama3_1_8b", 8_030_261_248, 8, 128, 2),
+                                                            ("llama3_1_70b", 70_553_706_496, 64, 128, 8),
+                                                            ("llama3_1_405b", 405_853_388_800, 256, 256, 8)])
+def test_a_bare_model_question_is_answered(capsys, preset, published, gpus, batch, tp):
+    rc, lines, err = plan_main(capsys, f"model={preset}")
+    assert rc == 0, err
+    assert lines[-2] == f"params_total={published}"
+    assert lines[-1].startswith("fits=true ") and lines[-1].endswith(f" gpus={gpus}")
+    said = assumed(lines)  # the defaults it assumed, named with where they came from
+    assert "recipe=sft" in said["recipe"] and "precision=bf16" in said["precision"]
+    assert "train.seq_length=4096" in said["train.seq_length"]
+    assert f"train.global_batch_size={batch}" in said["train.global_batch_size"]
+    assert f"plan.gpus={gpus}" in said["plan.gpus"] and f"parallel.tp={tp} " in said["parallel.tp"]
+    assert all("set " in line and "experiment=tulu3_" in line for k, line in said.items() if k != "recipe")
+
+
+def test_a_bare_question_plans_as_its_golden_experiment():
+    # model=M recipe=R is planned exactly as experiment=<M's R run>: not the CPU defaults (fp32, 256 tokens)
+    from tulu_mcore.plan import golden_experiments, plan_for, question, report
+
+    golden = golden_experiments()
+    assert golden[("llama3_1_8b", "sft")] == "tulu3_8b_sft" and len(golden) == len(EXPERIMENTS)
+    for (model, recipe), name in golden.items():
+        cfg, lines = question([f"model={model}", f"recipe={recipe}"])
+        explicit, none = question([f"experiment={name}"])
+        assert lines and none == []
+        assert report(plan_for(cfg), cfg) == report(plan_for(explicit), explicit), name
+    cfg, _ = question(["model=llama3_1_8b", "recipe=sft"])
+    t = cfg.train
+    assert (cfg.precision.params_dtype, t.seq_length, t.global_batch_size) == ("bf16", 4096, 128)
+
+
+def test_the_users_own_keys_win(capsys):
+    from tulu_mcore.plan import plan_for, question
+
+    base = plan_for(question(["model=llama3_1_8b", "recipe=sft"])[0])
+    cfg, lines = question(["model=llama3_1_8b", "recipe=sft", "precision=fp32"])
+    fp32 = plan_for(cfg)
+    assert cfg.precision.params_dtype == "fp32" and "precision" not in assumed(lines)
+    assert fp32.memory["weights"] == pytest.approx(2 * base.memory["weights"])
+    cfg, lines = question(["model=llama3_1_8b", "recipe=sft", "train.seq_length=8192"])
+    long = plan_for(cfg)
+    # the experiment's data.max_seq_len (4096) belongs to its row length: not lent beside the user's own
+    assert cfg.train.seq_length == 8192 and cfg.data.max_seq_len is None
+    assert not {"train.seq_length", "data.max_seq_len"} & set(assumed(lines))
+    assert long.memory["activations"] == pytest.approx(2 * base.memory["activations"])
+    rc, lines, _ = plan_main(capsys, "model=llama3_1_8b", "launcher.nodes=2")  # a GPU count too
+    assert rc == 0 and "plan.gpus" not in assumed(lines) and lines[-1].endswith(" gpus=16")
+
+
+def test_an_impossible_layout_of_a_bare_question_is_refused(capsys):
+    rc, lines, err = plan_main(capsys, "model=llama3_1_8b", "parallel.tp=3")
+    assert rc == 2 and "error: world size 8 is not divisible by TP*PP*CP" in err
+    # the lines name what the layout was checked on
+    assert "parallel.tp" not in assumed(lines) and "plan.gpus=8" in assumed(lines)["plan.gpus"]
+    rc, lines, err = plan_main(capsys, "model=llama3_1_8b", "train.global_batch_size=126")  # the user's: kept
+    assert rc == 2 and "train.global_batch_size=126 is not divisible by micro_batch_size*dp = 1*4" in err
+
+
+def test_an_assumed_layout_gives_way_to_the_users_gpu_count(capsys):
+    # the 405B layout needs multiples of 64 GPUs: on 8 the question is planned (and does not fit), not refused
+    rc, lines, err = plan_main(capsys, "model=llama3_1_405b", "plan.gpus=8")
+    assert rc == 1, err
+    layout = assumed(lines)["parallel"]
+    assert "parallel=dp (the default; experiment=tulu3_405b_sft has TP x PP x CP = 64, which" in layout
+    assert lines[-2] == "params_total=405853388800" and lines[-1].startswith("fits=false ")
+
+
+def test_a_model_without_an_experiment_gets_a_batch_its_layout_divides(capsys):
+    rc, lines, err = plan_main(capsys, "model=llama3_2_1b", "plan.gpus=12")
+    assert rc == 0, err
+    said = assumed(lines)
+    batch = said["train.global_batch_size"]
+    assert "train.global_batch_size=132" in batch
+    assert "128 rounded up to a multiple of micro_batch_size x DP = 12" in batch
+    assert "precision=bf16" in said["precision"] and "train.seq_length=4096" in said["train.seq_length"]
+    assert any(line.startswith("layout: 12 GPUs = TP1 x PP1 x CP1 x DP12; 11 micro-batch") for line in lines)
+    rc, lines, _ = plan_main(capsys, "model=llama3_2_1b")  # 128 on the default 8 GPUs: kept
+    assert rc == 0 and "train.global_batch_size=128 (" in assumed(lines)["train.global_batch_size"]
+
+
+@pytest.mark.parametrize("args", [("model=llama3_1_405b",), ("model=llama3_2_1b", "plan.gpus=12"),
+                                  ("model=llama3_1_70b", "recipe=rlvr_grpo")])
+def test_the_question_in_full_is_the_same_plan(capsys, args):
+    import shlex
+
+    rc, lines, _ = plan_main(capsys, *args)
+    full = next(line for line in lines if line.startswith("the question in full"))
+    rc2, lines2, _ = plan_main(capsys, *shlex.split(full.split(": tulu-plan ", 1)[1]))
+    assert rc2 == rc and not assumed(lines2) and lines2 == lines[lines.index(full) + 1:]
+
+
+def test_an_experiment_assumes_nothing(capsys):
+    rc, lines, _ = plan_main(capsys, "experiment=tulu3_8b_sft", "train.seq_length=2048",
+                             "data.max_seq_len=2048")
+    assert rc == 0 and lines[0].startswith("model llama3_1_8b:") and not assumed(lines)
+
+
+def test_the_usage_examples_exit_as_they_say(capsys):
+    import re
+
+    from tulu_mcore.cli.plan import USAGE
+
+    examples = re.findall(r"^ +tulu-plan (.+?) +# exit (\d)", USAGE, re.MULTILINE)
+    assert {code for _, code in examples} == {"0", "1", "2"}
+    for args, code in examples:
+        assert plan_main(capsys, *args.split())[0] == int(code), args
+
+
+def test_a_bare_question_from_the_command_line():
+    proc = plan_cli("model=llama3_1_405b")
+    assert proc.returncode == 0, proc.stderr
+    params, fits = proc.stdout.strip().splitlines()[-2:]
+    assert params == "params_total=405853388800"
+    assert fits.startswith("fits=true ") and fits.endswith(" gpus=256")

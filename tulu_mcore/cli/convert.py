@@ -40,11 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dtype to store (default: that of the HF weights)")
     h2m.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     add_layout_args(h2m)
+    h2m.add_argument("--pipeline-layout", type=_layer_counts, default=None, metavar="N,N,...",
+                     help="decoder layers per pipeline segment, pp*vpp counts (default: even), as "
+                     "parallel.pipeline_layout")
 
     m2h = sub.add_parser("mcore-to-hf", help="torch_dist checkpoint -> HF directory",
                          description="Export a torch_dist checkpoint as config.json + sharded "
                          "safetensors + index (+ tokenizer files), loadable by transformers and vLLM.")
-    m2h.add_argument("ckpt_dir", help="torch_dist checkpoint directory")
+    m2h.add_argument("ckpt_dir", help="torch_dist checkpoint directory, or a run directory (its latest "
+                     "checkpoint)")
     m2h.add_argument("out_dir", help="new Hugging Face model directory")
     m2h.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                      help="dtype to write (default: that of the checkpoint)")
@@ -56,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                          description=VERIFY_DESCRIPTION)
     add_verify_args(ver)
     return p
+
+
+def _layer_counts(text: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated counts: {text!r} (e.g. 7,8,8,7)") from None
 
 
 def parse_size(text: str) -> int:
@@ -84,9 +95,11 @@ def main(argv: list[str] | None = None) -> None:
         from tulu_mcore.convert.hf_to_mcore import convert_hf_to_mcore
 
         out = convert_hf_to_mcore(args.hf_dir, args.out_dir, overwrite=args.overwrite, tp=args.tp,
-                                  pp=args.pp, vpp=args.vpp, device=args.device, dtype=args.dtype)
+                                  pp=args.pp, vpp=args.vpp, pipeline_layout=args.pipeline_layout,
+                                  device=args.device, dtype=args.dtype)
         _print_rank0(_summary(out, t0))
     elif args.command == "mcore-to-hf":
+        from tulu_mcore.checkpoint.run import resolve_checkpoint
         from tulu_mcore.convert.mcore_to_hf import convert_mcore_to_hf
 
         try:
@@ -95,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             from tulu_mcore.errors import UserError
 
             raise UserError(f"--max-shard-size: {e}") from None
-        out = convert_mcore_to_hf(args.ckpt_dir, args.out_dir, overwrite=args.overwrite, dtype=args.dtype,
-                                  max_shard_bytes=shard)
+        out = convert_mcore_to_hf(resolve_checkpoint(args.ckpt_dir), args.out_dir, overwrite=args.overwrite,
+                                  dtype=args.dtype, max_shard_bytes=shard)
         _print_rank0(_summary(out, t0))
     elif args.command == "verify":
         from tulu_mcore.convert.verify import VerifyArgs, verify

@@ -41,6 +41,34 @@ def train_overrides(argv: list[str], run_dir: Path) -> list[str]:
     return out + [f"run.dir={run_dir}"]
 
 
+def render_slurm(cfg, argv: list[str], *, portable: bool = False) -> str:
+    """The batch script of ``tulu-launch launcher=slurm`` for `argv` (composed into `cfg`), after the
+    layout and memory checks. `portable`: a script kept in the repository and submitted from a checkout
+    (launchers/render.py): it works in $SLURM_SUBMIT_DIR with run.dir as configured (relative to that
+    directory) and runs `python` unless launcher.python says otherwise; no path of this machine."""
+    from tulu_mcore.config.validate import validate
+    from tulu_mcore.launch.slurm import render_sbatch
+
+    lc = cfg.launcher
+    world = lc.nodes * lc.ranks_per_node
+    # the job's nodes are not this one: GPUs (and Transformer Engine in their image) are assumed there
+    if lc.gpus:
+        from tulu_mcore.plan import plan_for
+
+        cfg.plan.gpus = world
+        plan = plan_for(cfg)  # the layout checks, then memory: refuse before anything is submitted
+        if not plan.fits:
+            raise UserError(f"tulu-plan: this run needs {plan.peak_gib:.1f} GiB per GPU, more than "
+                            f"plan.gpu_memory_gib={plan.capacity_gib:g}; " + "; ".join(plan.advice[:-1])
+                            + " (details: tulu-plan with the same overrides)")
+    else:
+        validate(cfg, world, device="cpu")
+    return render_sbatch(cfg, train_overrides(argv, Path(cfg.run.dir)),
+                         workdir=None if portable else str(Path.cwd()),
+                         python=lc.python or ("python" if lc.container_image or portable else sys.executable),
+                         command_line=" ".join(shlex.quote(a) for a in argv))
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
@@ -73,23 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(proc.returncode)
     if lc.name != "slurm":
         raise UserError(f"launcher={lc.name}: choose launcher=local or launcher=slurm")
-    # the job's nodes are not this one: GPUs (and Transformer Engine in their image) are assumed there
-    if lc.gpus:
-        from tulu_mcore.plan import plan_for
+    from tulu_mcore.launch.slurm import engine_step, job_name, submit
 
-        cfg.plan.gpus = world
-        plan = plan_for(cfg)  # the layout checks, then memory: refuse before anything is submitted
-        if not plan.fits:
-            raise UserError(f"tulu-plan: this run needs {plan.peak_gib:.1f} GiB per GPU, more than "
-                            f"plan.gpu_memory_gib={plan.capacity_gib:g}; " + "; ".join(plan.advice[:-1])
-                            + " (details: tulu-plan with the same overrides)")
-    else:
-        validate(cfg, world, device="cpu")
-    from tulu_mcore.launch.slurm import engine_step, job_name, render_sbatch, submit
-
-    script = render_sbatch(cfg, train_overrides(argv, run_dir), workdir=str(Path.cwd()),
-                           python=lc.python or ("python" if lc.container_image else sys.executable),
-                           command_line=" ".join(shlex.quote(a) for a in argv))
+    script = render_slurm(cfg, argv)
     if lc.dry_run:
         print(script, end="")
         return

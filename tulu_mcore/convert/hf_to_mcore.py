@@ -74,7 +74,8 @@ def load_hf_weights(chunks, hf: HFCheckpoint, head: str = "lm") -> None:
 
 
 def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, overwrite: bool = False, tp: int = 1, pp: int = 1,
-                        vpp: int = 1, device: str = "cpu", dtype: str | None = None) -> Path:
+                        vpp: int = 1, pipeline_layout: list[int] | None = None, device: str = "cpu",
+                        dtype: str | None = None) -> Path:
     """Read `hf_dir`, build the model at the given layout (the world size of this launch), save a
     torch_dist checkpoint to `out_dir`. Run under torchrun for large models: each rank reads and
     holds only its own slices."""
@@ -91,7 +92,7 @@ def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, overwrite: bool = False, t
     params_dtype = dtype or DTYPE_NAMES[hf.dtype]
     cfg = RunConfig(
         model=ModelConfig(name=hf.path.name, arch=hf.arch, attention="sdpa"),
-        parallel=ParallelConfig(tp=tp, pp=pp, vpp=vpp),
+        parallel=ParallelConfig(tp=tp, pp=pp, vpp=vpp, pipeline_layout=pipeline_layout),
         precision=PrecisionConfig(name=params_dtype, params_dtype=params_dtype),
         runtime=RuntimeConfig(device=device),
     )

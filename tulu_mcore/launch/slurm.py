@@ -18,6 +18,10 @@ it requeues the job (up to ``launcher.max_restarts`` times), which resumes from 
 data order is a function of the step, so nothing is repeated or skipped. SIGTERM (preemption,
 ``scancel``) reaches the trainers from Slurm directly: they checkpoint and exit; the script does not
 requeue then (a preempting cluster requeues by itself).
+
+A script to keep and submit from the checkout (``launchers/slurm/``): ``workdir=None``; the job then
+works in ``$SLURM_SUBMIT_DIR`` and the engine step names its files relative to it, so the script holds
+no path of the machine that rendered it.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ ENV_PROFILES: dict[str, dict[str, str]] = {
 }
 PROCESS_MODELS = ("srun_per_rank", "torchrun_per_node")
 TRAIN_MODULE = "tulu_mcore.cli.train"
+SUBMIT_DIR = '"$SLURM_SUBMIT_DIR"'  # the working directory of a script rendered with workdir=None
 
 
 def check(lc: LauncherConfig) -> None:
@@ -75,19 +80,22 @@ def job_name(cfg: RunConfig) -> str:
     return cfg.launcher.job_name or f"tulu-{cfg.recipe.name}-{Path(cfg.run.dir).name}"
 
 
-def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str, python: str,
+def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None, python: str,
                   command_line: str = "") -> str:
-    """The batch script for `cfg.launcher`, running ``tulu-train`` with `train_args` in `workdir`."""
+    """The batch script for `cfg.launcher`, running ``tulu-train`` with `train_args` in `workdir`
+    (None: the directory the job was submitted from, a checkout of this repository)."""
     lc = cfg.launcher
     check(lc)
     run_dir = Path(cfg.run.dir)
     per_node = lc.ranks_per_node if lc.process_model == "srun_per_rank" else 1
     q = shlex.quote
+    cwd = q(workdir) if workdir else SUBMIT_DIR
     h = ["#!/bin/bash"]
     if command_line:
         h.append(f"# tulu-launch {command_line}")
     h.append("# written by tulu-launch; to change it, rerun tulu-launch (launcher.dry_run=true prints it)")
-    engine = engine_step(cfg)
+    # a portable script (workdir=None) finds the engine's files in the checkout it was submitted from
+    engine = engine_step(cfg, SIDE_DIR if workdir else SIDE_DIR.relative_to(SIDE_DIR.parents[2]))
     opts = [f"--job-name={job_name(cfg)}", f"--nodes={lc.nodes + (lc.engine_nodes if engine else 0)}",
             f"--ntasks-per-node={per_node}"]
     if lc.gpus:
@@ -107,7 +115,7 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str, python
         opts.append("--dependency=singleton")
     opts += list(lc.sbatch_args)
     h += [f"#SBATCH {o}" for o in opts]
-    body = ["", "set -uo pipefail", f"cd {q(workdir)}"]
+    body = ["", "set -uo pipefail", f"cd {cwd}"]
     body += list(lc.setup)
     env = {**ENV_PROFILES[lc.env_profile], **{str(k): str(v) for k, v in lc.env.items()}}
     body += [f"export {k}={q(v)}" for k, v in env.items()]
@@ -139,7 +147,7 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str, python
         srun.append(f"--container-image={q(lc.container_image)}")
         if lc.container_mounts:
             srun.append(f"--container-mounts={q(','.join(lc.container_mounts))}")
-        srun.append(f"--container-workdir={q(lc.container_workdir or workdir)}")
+        srun.append(f"--container-workdir={q(lc.container_workdir) if lc.container_workdir else cwd}")
     if lc.process_model == "srun_per_rank":
         cmd = [q(python), "-m", TRAIN_MODULE]
     else:
@@ -167,9 +175,9 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str, python
     return "\n".join(h + body) + "\n"
 
 
-def engine_step(cfg: RunConfig) -> list[str]:
+def engine_step(cfg: RunConfig, side_dir: Path = SIDE_DIR) -> list[str]:
     """The script lines that start the vLLM engine on its own nodes (none when the run has no such
-    engine)."""
+    engine); `side_dir`: the engine's files (``rollout/vllm_side``) as the job finds them."""
     lc, r = cfg.launcher, cfg.rlvr
     if not (cfg.recipe.name.startswith("rlvr_") and r.engine == "vllm" and lc.engine_nodes > 0):
         return []
@@ -181,7 +189,7 @@ def engine_step(cfg: RunConfig) -> list[str]:
                         f"{lc.ranks_per_node} give")
     q = shlex.quote
     model_dir = Path(cfg.run.dir) / ENGINE_DIR / "model"  # written by tulu-launch (write_engine_config)
-    server = [q(r.vllm.python), q(str(SIDE_DIR / "server.py")), "--model", q(str(model_dir)), "--host", "0.0.0.0",
+    server = [q(r.vllm.python), q(str(side_dir / "server.py")), "--model", q(str(model_dir)), "--host", "0.0.0.0",
               '--port "$ENGINE_PORT"', *map(q, server_args(cfg))]
     gpus = f" --gpus-per-node={lc.ranks_per_node}" if lc.gpus else ""
     return [
@@ -192,7 +200,7 @@ def engine_step(cfg: RunConfig) -> list[str]:
         "ENGINE_PORT=$((40000 + SLURM_JOB_ID % 20000))",
         "export TULU_ENGINE_AUTHKEY=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')",
         f"srun --nodes={lc.engine_nodes} --ntasks=1 --nodelist=\"$ENGINE_HOST\"{gpus} --kill-on-bad-exit=1 \\",
-        f"    env PYTHONPATH={q(str(SIDE_DIR))} " + " ".join(server)
+        f"    env PYTHONPATH={q(str(side_dir))} " + " ".join(server)
         + f' >> {q(str(Path(cfg.run.dir) / "logs"))}/engine-"$SLURM_JOB_ID".log 2>&1 &',
         "ENGINE_STEP=$!",
         "",

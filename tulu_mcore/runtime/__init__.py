@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
+
+import torch.distributed as dist
 
 from tulu_mcore.arch import Layout
 from tulu_mcore.config.schema import RunConfig
@@ -39,7 +42,11 @@ def setup(cfg: RunConfig, *, training: bool = True) -> Runtime:
         from tulu_mcore.runtime import cpu
 
         cpu.install()
-    init_process_group(device, env)
+    if not dist.is_initialized():
+        init_process_group(device, env)
+        # destroyed at exit, not by teardown(): a second run in this process (a notebook, a test that runs
+        # several layouts in one launch) reuses the group, since re-creating one on the same store hangs
+        atexit.register(_destroy_process_group)
     from tulu_mcore.runtime.parallel import init_model_parallel, seed_everything
 
     init_model_parallel(layout)
@@ -48,11 +55,15 @@ def setup(cfg: RunConfig, *, training: bool = True) -> Runtime:
 
 
 def teardown() -> None:
-    import torch.distributed as dist
-
+    """The end of a run: megatron's parallel state goes, every rank waits for the others; the process
+    group stays for a next run in this process (setup() reuses it) and is destroyed at exit."""
     from tulu_mcore.runtime.parallel import destroy_model_parallel
 
     destroy_model_parallel()
     if dist.is_initialized():
         dist.barrier()
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
