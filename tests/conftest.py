@@ -11,18 +11,27 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import rank_pool
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = ROOT / "tests" / "workers"
 INIT_STD = 0.1  # logits of a few units: a 1e-4 parity bound is then a strict one
 
 
 def pytest_collection_modifyitems(config, items):
+    """Tiers: tests/unit is `unit` and in the `fast` loop; tests/distributed is `dist` (its `fast` ones are
+    marked in place); tests on the real Slurm / vLLM are `slurm` / `vllm`."""
     for item in items:
         path = str(item.fspath)
         if "/distributed/" in path:
             item.add_marker(pytest.mark.dist)
         elif "/unit/" in path:
             item.add_marker(pytest.mark.unit)
+            item.add_marker(pytest.mark.fast)
+        if "slurm" in item.fixturenames:
+            item.add_marker(pytest.mark.slurm)
+        if "vllm_python" in item.fixturenames:
+            item.add_marker(pytest.mark.vllm)
         if item.get_closest_marker("gpu") and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device (none visible)"))
 
@@ -36,13 +45,19 @@ def run_cli(module: str, *args: str, check: bool = False) -> subprocess.Complete
 
 
 def convert(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run_cli("tulu_mcore.cli.convert", *args, check=check)
+    """`tulu-convert` on one rank of the session's rank pool; a run that may fail (`check=False`) in a
+    fresh process, as a user would see it."""
+    if not check:
+        return run_cli("tulu_mcore.cli.convert", *args)
+    proc = rank_pool.run("tulu_mcore.cli.convert", [str(a) for a in args], 1)
+    if proc.returncode != 0:
+        raise AssertionError(f"tulu-convert {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-5000:]}")
+    return proc
 
 
-def run_worker(script: str, args: list[str], nproc: int) -> None:
-    from tulu_mcore.runtime.launch import torchrun
-
-    proc = torchrun(str(WORKERS / script), [str(a) for a in args], nproc=nproc, capture=True)
+def run_worker(script: str, args: list[str], nproc: int, env: dict | None = None) -> None:
+    """A tests/workers script on `nproc` ranks of the session's rank pool (tests/rank_pool.py)."""
+    proc = rank_pool.run(str(WORKERS / script), [str(a) for a in args], nproc, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"{script} on {nproc} ranks failed:\n{proc.stdout}\n{proc.stderr[-6000:]}")
 
@@ -146,12 +161,17 @@ def data_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tokenized")
 
 
-def train(args: list[str], nproc: int = 1, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """tulu-train with `args` on `nproc` ranks (torchrun when more than one)."""
+def train(args: list[str], nproc: int = 1, check: bool = True, timeout: float = 600,
+          fresh: bool = False) -> subprocess.CompletedProcess:
+    """tulu-train with `args` on `nproc` ranks of the session's rank pool (tests/rank_pool.py); in a fresh
+    process (torchrun when more than one rank) with `fresh`, and whenever the run may fail (`check=False`),
+    so that a failing rank cannot stall the pool."""
     from tulu_mcore.runtime.launch import torchrun
 
     args = [str(a) for a in args]
-    if nproc > 1:
+    if not fresh and check:
+        proc = rank_pool.run("tulu_mcore.cli.train", args, nproc, timeout=timeout)
+    elif nproc > 1:
         proc = torchrun("tulu_mcore.cli.train", args, nproc=nproc, capture=True, timeout=timeout)
     else:
         proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.train", *args], capture_output=True,

@@ -8,9 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests import rank_pool
 from tests.conftest import convert, read_json, run_cli, run_worker
 from tulu_mcore.convert.hf_io import HFCheckpoint
-from tulu_mcore.runtime.launch import torchrun
+from tulu_mcore.convert.verify import FP32_TOL, VerifyArgs, prompt_tokens
+from tulu_mcore.convert.verify import reference_logits as reference_logits_of
 
 LAYOUTS = {
     "tp1": [],
@@ -29,16 +31,40 @@ def hf_tensors(d):
     return out
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("kind", ["untied", "tied"])
-def test_logits_match_transformers(tiny_hf, tiny_ckpt, kind, layout):
-    proc = convert("verify", tiny_hf[kind], tiny_ckpt[kind], *LAYOUTS[layout])
+@pytest.fixture(scope="module")
+def reference_logits(tiny_hf):
+    """transformers' logits (eager attention, fp32) of each tiny model on verify's fixed prompt: the
+    reference every layout is held to, computed once per model."""
+    a = VerifyArgs("", "")
+    out = {}
+    for kind, hf in tiny_hf.items():
+        a.hf_dir = str(hf)
+        out[kind] = reference_logits_of(a, prompt_tokens(str(hf), HFCheckpoint(hf).arch.vocab_size, a.length), "fp32")
+    return out
+
+
+@pytest.mark.parametrize("kind,layout", [
+    pytest.param(kind, layout, marks=[pytest.mark.fast] if (kind, layout) == ("untied", "tp1") else [])
+    for kind in ("untied", "tied") for layout in LAYOUTS])
+def test_logits_match_transformers(tiny_hf, tiny_ckpt, reference_logits, tmp_path, kind, layout):
+    # verify's own ranks (the worker tulu-convert verify starts) against the transformers reference
+    logits = _logits(tiny_hf[kind], tiny_ckpt[kind], tmp_path, layout, *LAYOUTS[layout])
+    ref = reference_logits[kind]
+    assert logits.shape == ref.shape == (1, 64, 512)
+    assert (logits - ref).abs().max().item() <= FP32_TOL, (layout, (logits - ref).abs().max().item())
+    # the prompt's logits are large enough for the bound to mean something
+    assert ref.abs().max().item() > 1.0
+
+
+def test_verify_command_end_to_end(tiny_hf, tiny_ckpt):
+    # the command a user runs: its own ranks, the reference in the driver, the verdict as the last line
+    proc = convert("verify", tiny_hf["tied"], tiny_ckpt["tied"], "--tp", "2", "--sp")
     last = proc.stdout.strip().splitlines()[-1]
     m = re.fullmatch(r"max_abs_logit_diff=(\S+)", last)
     assert m, proc.stdout
-    assert float(m.group(1)) <= 1e-4
-    # the prompt's logits are large enough for the bound to mean something
+    assert float(m.group(1)) <= 1e-4 and "within_tolerance=True" in proc.stdout
     assert float(re.search(r"max_abs_logit=(\S+)", proc.stdout).group(1)) > 1.0
+    assert "layout=tp2 pp1 vpp1 cp1 sp1" in proc.stdout
 
 
 def test_verify_fails_on_wrong_weights(tiny_hf, tiny_ckpt):
@@ -47,7 +73,7 @@ def test_verify_fails_on_wrong_weights(tiny_hf, tiny_ckpt):
     assert proc.returncode == 2 and "different architecture" in proc.stderr
 
 
-@pytest.mark.parametrize("kind", ["untied", "tied"])
+@pytest.mark.parametrize("kind", [pytest.param("untied", marks=pytest.mark.fast), "tied"])
 def test_round_trip_is_bit_identical(tiny_hf, tiny_ckpt, tmp_path, kind):
     out = tmp_path / "hf"
     convert("mcore-to-hf", tiny_ckpt[kind], out, "--max-shard-size", "300KB")
@@ -72,8 +98,8 @@ def test_round_trip_is_bit_identical(tiny_hf, tiny_ckpt, tmp_path, kind):
 
 def _logits(hf, ckpt, tmp_path, name, *layout):
     out = tmp_path / f"{name}.pt"
-    proc = torchrun("tulu_mcore.convert.verify", [str(hf), str(ckpt), *layout, "--logits-out", str(out)],
-                    nproc=_world(layout), capture=True)
+    proc = rank_pool.run("tulu_mcore.convert.verify", [str(hf), str(ckpt), *layout, "--logits-out", str(out)],
+                         _world(layout))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out)["logits"]
 
@@ -89,8 +115,7 @@ def _world(layout):
 def test_checkpoint_saved_at_tp2_loads_at_pp2_and_tp1(tiny_hf, tiny_ckpt, tmp_path):
     hf = tiny_hf["untied"]
     ckpt_tp2 = tmp_path / "ckpt_tp2"
-    proc = torchrun("tulu_mcore.cli.convert", ["hf-to-mcore", str(hf), str(ckpt_tp2), "--tp", "2"], nproc=2,
-                    capture=True)
+    proc = rank_pool.run("tulu_mcore.cli.convert", ["hf-to-mcore", str(hf), str(ckpt_tp2), "--tp", "2"], 2)
     assert proc.returncode == 0, proc.stderr[-4000:]
     tp1 = _logits(hf, ckpt_tp2, tmp_path, "tp1")
     pp2 = _logits(hf, ckpt_tp2, tmp_path, "pp2", "--pp", "2")
@@ -115,8 +140,8 @@ def test_live_export_stream_at_layouts(tiny_hf, tiny_ckpt, tmp_path, kind, layou
 
 def test_mcore_to_hf_under_torchrun_splits_shards(tiny_hf, tiny_ckpt, tmp_path):
     out = tmp_path / "hf"
-    proc = torchrun("tulu_mcore.cli.convert", ["mcore-to-hf", str(tiny_ckpt["untied"]), str(out),
-                                               "--max-shard-size", "200KB"], nproc=2, capture=True)
+    proc = rank_pool.run("tulu_mcore.cli.convert", ["mcore-to-hf", str(tiny_ckpt["untied"]), str(out),
+                                                    "--max-shard-size", "200KB"], 2)
     assert proc.returncode == 0, proc.stderr[-4000:]
     a, b = hf_tensors(tiny_hf["untied"]), hf_tensors(out)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

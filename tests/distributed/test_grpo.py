@@ -1,9 +1,12 @@
 """GRPO end to end through `tulu-train recipe=rlvr_grpo` at TP2: rollouts from the megatron engine,
 verifier rewards, reference log-probs, a step; the engine's log-probs agree with the trainer's."""
 
+import pytest
+
 from tests.conftest import metrics, train
 
 
+@pytest.mark.fast
 def test_grpo_runs_at_tp2(sft_hf, tmp_path):
     run = tmp_path / "run"
     train(["recipe=rlvr_grpo", f"model.init={sft_hf}", f"run.dir={run}", "runtime.device=cpu",

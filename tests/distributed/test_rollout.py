@@ -20,10 +20,10 @@ def test_megatron_engine_agrees_with_trainer(sft_hf, tmp_path, layout, nproc):
 
 
 @pytest.mark.vllm
-def test_vllm_engine_agrees_with_tp2_trainer(vllm_hf, vllm_python, tmp_path, monkeypatch):
-    monkeypatch.setenv("TULU_VLLM_PYTHON", vllm_python)
+def test_vllm_engine_agrees_with_tp2_trainer(vllm_hf, vllm_python, tmp_path):
     out = tmp_path / "agree.json"
-    run_worker("rollout_agreement.py", [vllm_hf, out, "parallel.tp=2", "rlvr.engine=vllm"], nproc=2)
+    run_worker("rollout_agreement.py", [vllm_hf, out, "parallel.tp=2", "rlvr.engine=vllm"], nproc=2,
+               env={"TULU_VLLM_PYTHON": vllm_python})
     phases = json.loads(out.read_text())
     assert [p["version"] for p in phases] == [0, 1, 2]
     assert phases[1]["pushed_bytes"] > 0 and phases[2]["pushed_bytes"] == phases[1]["pushed_bytes"]

@@ -17,6 +17,7 @@ def reference(tiny_ckpt, tmp_path_factory):
     return read_json(out)["steps"]
 
 
+@pytest.mark.fast
 def test_reference_learns_and_clips(reference):
     losses = [s["loss"] for s in reference]
     assert losses[0] > losses[1] > losses[2]  # the same batch three times: the loss falls
@@ -24,7 +25,7 @@ def test_reference_learns_and_clips(reference):
     assert all(s["tokens"] == reference[0]["tokens"] for s in reference)
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("layout", [pytest.param(x, marks=pytest.mark.fast) if x == "tp2" else x for x in LAYOUTS])
 def test_layout_reproduces_single_rank(reference, tiny_ckpt, tmp_path, layout):
     out = tmp_path / f"{layout}.json"
     run_worker("train_steps.py", [tiny_ckpt["untied"], out, f"parallel={layout}", *OVERRIDES], nproc=LAYOUTS[layout])

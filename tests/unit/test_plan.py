@@ -54,6 +54,19 @@ def plan_cli(*args):
     return subprocess.run([sys.executable, "-m", "tulu_mcore.cli.plan", *args], capture_output=True, text=True, cwd=ROOT)
 
 
+def plan_main(capsys, *args):
+    """tulu-plan in this process: (exit code, stdout lines, stderr)."""
+    from tulu_mcore.cli.plan import main
+
+    try:
+        main(list(args))
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out.strip().splitlines(), out.err
+
+
 STATED_GPUS = {"8b": 8, "70b": 64, "405b": 256}  # the Tülu runs' H100 counts (SFT, DPO, RM)
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("tulu3*_*.yaml"))
 
@@ -65,7 +78,7 @@ def test_every_experiment_is_planned():
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_golden_experiments_fit_their_gpus(experiment):
+def test_golden_experiments_fit_their_gpus(capsys, experiment):
     import re
 
     text = (ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text()
@@ -74,9 +87,9 @@ def test_golden_experiments_fit_their_gpus(experiment):
         assert gpus == STATED_GPUS[experiment.split("_")[1]]
     else:  # the trainer / engine split is stated, and adds up
         assert re.search(r"the trainer on \d+", text) and "vLLM engine" in text
-    proc = plan_cli(f"experiment={experiment}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    *_, params, last = proc.stdout.strip().splitlines()
+    rc, lines, err = plan_main(capsys, f"experiment={experiment}")  # tulu-plan, in this process
+    assert rc == 0, "\n".join(lines) + err
+    *_, params, last = lines
     assert params.startswith("params_total=") and int(params.split("=")[1]) > 7e9
     fits, peak, n = last.split()
     assert fits == "fits=true" and n == f"gpus={gpus}" and 20 < float(peak.split("=")[1]) < 80
@@ -102,19 +115,6 @@ def test_launch_refuses_a_misfit_before_submitting():
 
 
 # --- a bare question: no experiment=, realistic values for what it leaves out, each one stated
-
-def plan_main(capsys, *args):
-    """tulu-plan in this process: (exit code, stdout lines, stderr)."""
-    from tulu_mcore.cli.plan import main
-
-    try:
-        main(list(args))
-        rc = 0
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out.strip().splitlines(), out.err
-
 
 def assumed(lines):
     return {line.split()[1].split("=")[0]: line for line in lines if line.startswith("assumed: ")}
