@@ -47,8 +47,8 @@ class RankPool:
         env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
         env.setdefault("OMP_NUM_THREADS", "1")
         log = open(self.queue / "pool.log", "w")
-        self.proc = subprocess.Popen(torchrun_cmd(str(ROOT / "tests" / "workers" / "pool.py"), [str(self.queue)],
-                                                  self.nproc), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(torchrun_cmd(str(ROOT / "tests" / "workers" / "pool.py"),
+                                                  [str(self.queue), str(os.getpid())], self.nproc), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.next, self.starts = 0, self.starts + 1
         deadline = time.time() + START_TIMEOUT_S

@@ -1,6 +1,6 @@
 """Worker: one rank of a pool that stays up for the test session (see tests/rank_pool.py).
 
-    torchrun --nproc-per-node N tests/workers/pool.py QUEUE_DIR
+    torchrun --nproc-per-node N tests/workers/pool.py QUEUE_DIR OWNER_PID
 
 Every rank imports the heavy libraries once, then runs the jobs written to QUEUE_DIR one after another,
 in order: ``job-NNNNN.json`` = {"target": "pkg.module" | "path/to/script.py", "args": [...], "env": {...}},
@@ -8,7 +8,7 @@ run as ``torchrun ... target args`` would run it (as ``__main__``, with ``sys.ar
 stderr in ``job-NNNNN.rank<r>.out|err`` and its exit code in ``job-NNNNN.rank<r>.done``. The process group
 a job's ``runtime.setup`` creates stays for the next job (``runtime.teardown`` keeps it); a job that
 destroys it, or fails on more than one rank, ends the pool after writing its result (the next job starts
-a fresh pool).
+a fresh pool). The ranks exit when OWNER_PID (the test session) is gone.
 """
 
 import contextlib
@@ -52,7 +52,15 @@ def run_job(job: dict, out, err) -> int:
         os.environ.update(saved_env)
 
 
-def main(queue: Path) -> None:
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def main(queue: Path, owner: int) -> None:
     import torch.distributed as dist
 
     # what every job needs: imported once for the session
@@ -84,8 +92,8 @@ def main(queue: Path) -> None:
     while True:
         path = queue / f"job-{n:05d}.json"
         if not path.is_file():
-            if (queue / "stop").exists():
-                return
+            if (queue / "stop").exists() or not queue.is_dir() or not alive(owner):
+                return  # asked to, or the test session that owns the pool is gone
             time.sleep(0.02)
             continue
         job = json.loads(path.read_text())
@@ -94,11 +102,12 @@ def main(queue: Path) -> None:
             code = run_job(job, out, err)
         # after a failure the ranks may disagree about where they are (one left in a collective): end
         ends = bool(destroyed) or (code != 0 and int(os.environ["WORLD_SIZE"]) > 1)
-        Path(f"{stem}.done").write_text(json.dumps({"code": code, "pool_ends": ends}))
+        Path(f"{stem}.done.tmp").write_text(json.dumps({"code": code, "pool_ends": ends}))
+        os.rename(f"{stem}.done.tmp", f"{stem}.done")  # whole, for the test that polls for it
         if ends:
             return
         n += 1
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]))

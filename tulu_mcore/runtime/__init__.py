@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from dataclasses import dataclass
 
@@ -55,13 +56,16 @@ def setup(cfg: RunConfig, *, training: bool = True) -> Runtime:
 
 
 def teardown() -> None:
-    """The end of a run: megatron's parallel state goes, every rank waits for the others; the process
-    group stays for a next run in this process (setup() reuses it) and is destroyed at exit."""
+    """The end of a run: every rank waits for the others, then megatron's parallel state and its process
+    groups go; the default process group stays for a next run in this process (setup() reuses it) and is
+    destroyed at exit."""
     from tulu_mcore.runtime.parallel import destroy_model_parallel
 
-    destroy_model_parallel()
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier()  # first: no rank may still be talking on a group the others destroy
+    destroy_model_parallel()
+    # the run's model and optimizer sit in reference cycles that hold groups (and their threads) alive
+    gc.collect()
 
 
 def _destroy_process_group() -> None:

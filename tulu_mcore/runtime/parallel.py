@@ -13,8 +13,8 @@ from tulu_mcore.arch import Layout
 def init_model_parallel(layout: Layout) -> None:
     from megatron.core import parallel_state as ps
 
-    if ps.model_parallel_is_initialized():
-        ps.destroy_model_parallel()
+    if ps.model_parallel_is_initialized():  # a run in this process that did not tear down (it failed)
+        destroy_model_parallel()
     ps.initialize_model_parallel(
         tensor_model_parallel_size=layout.tp,
         pipeline_model_parallel_size=layout.pp,
@@ -36,6 +36,15 @@ def seed_everything(seed: int) -> None:
 
 
 def destroy_model_parallel() -> None:
+    """megatron's parallel state, and the process groups it made: megatron-core forgets its groups
+    without destroying them, and a process that runs again (runtime.teardown keeps the default group
+    for that) would keep every earlier run's gloo/NCCL groups and their threads alive."""
+    import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     ps.destroy_model_parallel()
+    if dist.is_initialized():
+        world = dist.group.WORLD
+        for group in list(dist.distributed_c10d._world.pg_map):  # no public list of the groups
+            if group is not world:
+                dist.destroy_process_group(group)
