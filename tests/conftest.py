@@ -144,6 +144,44 @@ def vllm_hf(tmp_path_factory, tiny_arch) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vllm_engine(vllm_python, vllm_hf, tmp_path_factory):
+    """One vLLM engine server (the CPU build, rollout/vllm_side/server.py) for the session's RL tests, which
+    connect to it as a Slurm job's trainers connect to their engine step (`rlvr.vllm.address` and the key
+    in TULU_ENGINE_AUTHKEY); every trainer pushes its own weights first. Started once, stopped at the
+    end: {"overrides": [...], "env": {...}}."""
+    import os
+    import secrets
+    import signal
+    import time
+
+    from tulu_mcore.config.compose import compose
+    from tulu_mcore.launch.engine import engine_env, server_command, write_engine_config
+    from tulu_mcore.arch import LlamaArch
+
+    root = tmp_path_factory.mktemp("engine")
+    cfg = compose(["runtime.device=cpu", "train.seq_length=256"])  # the RL tests' row length and dtype
+    model_dir = write_engine_config(root, LlamaArch.from_hf_dir(vllm_hf), cfg.precision.params_dtype)
+    key, ready = secrets.token_hex(16), root / "ready.json"
+    with open(root / "vllm.log", "ab") as log:
+        proc = subprocess.Popen(server_command(vllm_python, model_dir, cfg, "--ready-file", str(ready)),
+                                env=engine_env(vllm_python, key), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not ready.is_file():
+            assert proc.poll() is None and time.time() < deadline, (root / "vllm.log").read_text()[-4000:]
+            time.sleep(0.5)
+        info = json.loads(ready.read_text())
+        yield {"overrides": [f"rlvr.vllm.address={info['host']}:{info['port']}"], "env": {"TULU_ENGINE_AUTHKEY": key}}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
 def demo_runs(tmp_path_factory) -> Path:
     """The main job (`tulu-demo`: SFT -> DPO -> RLVR on the built-in tiny default, 2 ranks), run once;
     its output directory (sft/, dpo/, rlvr/, summary.json)."""
@@ -162,7 +200,7 @@ def data_cache(tmp_path_factory) -> Path:
 
 
 def train(args: list[str], nproc: int = 1, check: bool = True, timeout: float = 600,
-          fresh: bool = False) -> subprocess.CompletedProcess:
+          fresh: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
     """tulu-train with `args` on `nproc` ranks of the session's rank pool (tests/rank_pool.py); in a fresh
     process (torchrun when more than one rank) with `fresh`, and whenever the run may fail (`check=False`),
     so that a failing rank cannot stall the pool."""
@@ -170,12 +208,14 @@ def train(args: list[str], nproc: int = 1, check: bool = True, timeout: float = 
 
     args = [str(a) for a in args]
     if not fresh and check:
-        proc = rank_pool.run("tulu_mcore.cli.train", args, nproc, timeout=timeout)
+        proc = rank_pool.run("tulu_mcore.cli.train", args, nproc, timeout=timeout, env=env)
     elif nproc > 1:
-        proc = torchrun("tulu_mcore.cli.train", args, nproc=nproc, capture=True, timeout=timeout)
+        proc = torchrun("tulu_mcore.cli.train", args, nproc=nproc, capture=True, timeout=timeout, env=env)
     else:
+        import os
+
         proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.train", *args], capture_output=True,
-                              text=True, cwd=ROOT, timeout=timeout)
+                              text=True, cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"tulu-train {args} ({nproc} ranks) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -1,6 +1,7 @@
 """RLVR with real vLLM (the CPU build in its own environment) as the rollout engine: the engine is
 killed mid-run -> every rank stops with a clear error naming the intact checkpoint; rerunning resumes
-from it, here with asynchronous generation (rollouts one weight version behind)."""
+from it, here with asynchronous generation (rollouts one weight version behind) and the session's engine,
+already running, as a Slurm job's engine step would be."""
 
 import json
 import os
@@ -21,7 +22,7 @@ def _args(run, vllm_hf, vllm_python, *extra):
 
 
 @pytest.mark.vllm
-def test_engine_death_is_reported_and_the_run_resumes_async(vllm_hf, vllm_python, tmp_path):
+def test_engine_death_is_reported_and_the_run_resumes_async(vllm_hf, vllm_python, vllm_engine, tmp_path):
     from tulu_mcore.checkpoint.run import resolve_checkpoint
     from tulu_mcore.runtime.launch import _LAUNCH_VARS, torchrun_cmd
 
@@ -48,8 +49,9 @@ def test_engine_death_is_reported_and_the_run_resumes_async(vllm_hf, vllm_python
     done = int(latest.name.split("_")[1])
     assert done >= 2 and latest.name in err
 
-    resumed = train(_args(run, vllm_hf, vllm_python, f"train.max_steps={done + 3}", "rlvr.async_generation=true"),
-                    nproc=2)
+    # rerun, with another engine: the session's, already running (as a Slurm job's engine step is)
+    resumed = train(_args(run, vllm_hf, vllm_python, f"train.max_steps={done + 3}", "rlvr.async_generation=true",
+                          *vllm_engine["overrides"]), nproc=2, env=vllm_engine["env"])
     assert f"resumed from {latest}" in resumed.stdout
     after = [m for m in metrics(run) if m["step"] > done]
     assert [m["step"] for m in after] == [done + 1, done + 2, done + 3]

@@ -20,10 +20,11 @@ def test_megatron_engine_agrees_with_trainer(sft_hf, tmp_path, layout, nproc):
 
 
 @pytest.mark.vllm
-def test_vllm_engine_agrees_with_tp2_trainer(vllm_hf, vllm_python, tmp_path):
+def test_vllm_engine_agrees_with_tp2_trainer(vllm_hf, vllm_python, vllm_engine, tmp_path):
+    # the session's engine: the weights it serves are the ones this trainer pushes
     out = tmp_path / "agree.json"
-    run_worker("rollout_agreement.py", [vllm_hf, out, "parallel.tp=2", "rlvr.engine=vllm"], nproc=2,
-               env={"TULU_VLLM_PYTHON": vllm_python})
+    run_worker("rollout_agreement.py", [vllm_hf, out, "parallel.tp=2", "rlvr.engine=vllm", *vllm_engine["overrides"]],
+               nproc=2, env=vllm_engine["env"])
     phases = json.loads(out.read_text())
     assert [p["version"] for p in phases] == [0, 1, 2]
     assert phases[1]["pushed_bytes"] > 0 and phases[2]["pushed_bytes"] == phases[1]["pushed_bytes"]

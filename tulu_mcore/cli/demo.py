@@ -1,14 +1,16 @@
 """``tulu-demo``: the built-in tiny default, end to end on this machine.
 
 1. Tülu 3 SFT of the tiny Llama (random weights, the built-in tokenizer) on the built-in demo
-   conversations, with 2 ranks (torchrun; CPU unless a GPU is visible), checkpoints and a Hugging Face
-   export: ``tulu-train recipe=sft model=tiny`` with the run directory below.
-2. A check of the export against the final checkpoint (``tulu-convert verify`` at TP2).
-3. Tülu 3 DPO of that SFT model on the built-in preference pairs (correct vs wrong answers), with the
+   conversations, with checkpoints and a Hugging Face export: ``tulu-train recipe=sft model=tiny`` with
+   the run directory below.
+2. Tülu 3 DPO of that SFT model on the built-in preference pairs (correct vs wrong answers), with the
    reference log-probs cached before training: ``tulu-train recipe=dpo model.init=<the SFT run>``.
-4. RL with verifiable rewards (GRPO, Tülu 3.1) from the DPO model on the built-in verifiable prompts
+3. RL with verifiable rewards (GRPO, Tülu 3.1) from the DPO model on the built-in verifiable prompts
    (arithmetic with exact answers, instructions with checkable constraints), rollouts from the megatron
    engine: ``tulu-train recipe=rlvr_grpo model.init=<the DPO run>``.
+   The three runs go one after another in one launch of 2 ranks (torchrun; CPU unless a GPU is visible):
+   the ranks start once.
+4. A check of SFT's export against its final checkpoint (``tulu-convert verify`` at TP2).
 5. A summary (also in ``<out>/summary.json``): the loss curves, tokens/s, packing efficiency, DPO's
    preference accuracy and margin, the verified rate of RLVR's rollouts per dataset (first vs last
    quarter of the steps), and the final model answering a prompt through ``transformers``.
@@ -85,21 +87,17 @@ def main(argv: list[str] | None = None) -> None:
     # a randomly initialised tiny one to learn the answers' format
     sft_args = ["recipe=sft", "model=tiny", f"run.dir={sft_dir}", f"runtime.device={device}", "train.epochs=10",
                 f"data.cache_dir={out / 'cache'}", *args.overrides]
-    sft_s = _train(sft_args, args.ranks, device)
-
-    ckpt = resolve_checkpoint(sft_dir)
-    result, ok = verify(VerifyArgs(str(sft_dir / "hf"), str(ckpt), tp=2, device=device))
-    _say(f"HF export vs final checkpoint at TP2: max_abs_logit_diff={result['max_abs_logit_diff']:.2e} "
-         f"({'ok' if ok else 'FAILED'})")
-
     dpo_args = ["recipe=dpo", f"model.init={sft_dir}", f"run.dir={dpo_dir}", f"runtime.device={device}",
                 "train.epochs=2", f"data.cache_dir={out / 'cache'}"]
-    dpo_s = _train(dpo_args, args.ranks, device)
-
     # 2 passes over the 256 demo prompts (8 per step, 8 samples each); a tiny model's LR
     rl_args = ["recipe=rlvr_grpo", f"model.init={dpo_dir}", f"run.dir={rl_dir}", f"runtime.device={device}",
                "train.epochs=2", "optim.lr=2e-3"]
-    rl_s = _train(rl_args, args.ranks, device)
+    sft_s, dpo_s, rl_s = _train([sft_args, dpo_args, rl_args], args.ranks, device, out)
+
+    ckpt = resolve_checkpoint(sft_dir)
+    result, ok = verify(VerifyArgs(str(sft_dir / "hf"), str(ckpt), tp=2, device=device))
+    _say(f"SFT's HF export vs its final checkpoint at TP2: max_abs_logit_diff={result['max_abs_logit_diff']:.2e} "
+         f"({'ok' if ok else 'FAILED'})")
 
     sft, dpo, rl = read_metrics(sft_dir), read_metrics(dpo_dir), read_metrics(rl_dir)
     for d, m in ((sft_dir, sft), (dpo_dir, dpo), (rl_dir, rl)):
@@ -108,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     losses = [r["loss"] for r in sft]
     tps = sum(r["tokens"] for r in sft) / sum(r["step_time_s"] for r in sft)
     eff = sum(r["packing_efficiency"] for r in sft) / len(sft)
-    _say(f"SFT: {len(sft)} steps in {sft_s:.0f}s (with start-up); loss per conversation "
+    _say(f"SFT: {len(sft)} steps in {sft_s:.0f}s (with start-up: {args.ranks} ranks started for the three stages); "
+         f"loss per conversation "
          f"{losses[0]:.2f} -> {losses[-1]:.2f} (per token {sft[0]['token_mean_loss']:.3f} -> "
          f"{sft[-1]['token_mean_loss']:.3f})")
     _say(f"SFT loss curve: {sparkline(losses)}")
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     half = max(1, len(dpo) // 4)
     acc = [sum(r["accuracy"] for r in part) / len(part) for part in (dpo[:half], dpo[-half:])]
     margin = [sum(r["margin"] for r in part) / len(part) for part in (dpo[:half], dpo[-half:])]
-    _say(f"DPO: {len(dpo)} steps in {dpo_s:.0f}s (with start-up and the reference pass); loss "
+    _say(f"DPO: {len(dpo)} steps in {dpo_s:.0f}s (with the reference pass); loss "
          f"{dpo[0]['loss']:.3f} -> {dpo[-1]['loss']:.3f}; preference accuracy {acc[0]:.0%} -> {acc[1]:.0%}, "
          f"margin {margin[0]:.2f} -> {margin[1]:.2f} (first vs last quarter of the steps)")
     _say(f"DPO loss curve: {sparkline([r['loss'] for r in dpo])}")
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("verified_rate", "verified_rate_gsm8k", "verified_rate_ifeval"):
         parts = [[r[key] for r in part if key in r] for part in (rl[:quarter], rl[-quarter:])]
         rates[key] = [sum(p) / len(p) if p else 0.0 for p in parts]
-    _say(f"RLVR (GRPO): {len(rl)} steps in {rl_s:.0f}s (with start-up); verified rate of the rollouts "
+    _say(f"RLVR (GRPO): {len(rl)} steps in {rl_s:.0f}s; verified rate of the rollouts "
          f"{rates['verified_rate'][0]:.0%} -> {rates['verified_rate'][1]:.0%} (arithmetic "
          f"{rates['verified_rate_gsm8k'][0]:.0%} -> {rates['verified_rate_gsm8k'][1]:.0%}, constraints "
          f"{rates['verified_rate_ifeval'][0]:.0%} -> {rates['verified_rate_ifeval'][1]:.0%}; first vs last "
@@ -149,16 +148,41 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1)
 
 
-def _train(train_args: list[str], ranks: int, device: str) -> float:
+def _train(stages: list[list[str]], ranks: int, device: str, out: Path) -> list[float]:
+    """The stages' tulu-train runs, one after another in one launch of `ranks` ranks (a process runs
+    several recipes: the start-up is paid once); each stage's seconds."""
     from tulu_mcore.runtime.launch import torchrun
 
-    _say(f"tulu-train {' '.join(train_args)}  ({ranks} ranks, {device})")
-    t0 = time.time()
-    proc = torchrun("tulu_mcore.cli.train", train_args, nproc=ranks)
+    for args in stages:
+        _say(f"tulu-train {' '.join(args)}  ({ranks} ranks, {device})")
+    plan = out / "stages.json"
+    out.mkdir(parents=True, exist_ok=True)
+    plan.write_text(json.dumps(stages))
+    proc = torchrun("tulu_mcore.cli.demo", ["--run-stages", str(plan)], nproc=ranks)
     if proc.returncode != 0:
         raise SystemExit(proc.returncode)
-    return time.time() - t0
+    return json.loads(plan.with_suffix(".seconds.json").read_text())
+
+
+def run_stages(plan: Path) -> None:
+    """On each rank of the demo's launch: every stage's tulu-train, in order; rank 0 writes their times."""
+    import torch.distributed as dist
+
+    from tulu_mcore.cli.train import main as train
+
+    seconds = []
+    for args in json.loads(plan.read_text()):
+        t0 = time.time()
+        train(args)
+        seconds.append(time.time() - t0)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        plan.with_suffix(".seconds.json").write_text(json.dumps(seconds))
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["--run-stages"]:  # a rank of the launch _train() starts
+        cli_errors(run_stages)(Path(sys.argv[2]))
+    else:
+        main()

@@ -6,6 +6,7 @@ the trainer's first push) and the server options that follow from a run's config
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tulu_mcore.arch import HF_DTYPE_NAMES, LlamaArch
@@ -30,3 +31,27 @@ def server_args(cfg) -> list[str]:
             "--max-model-len", str(cfg.train.seq_length), "--seed", str(cfg.runtime.seed),
             "--gpu-memory-utilization", str(v.gpu_memory_utilization)]
     return args + (["--enforce-eager"] if v.enforce_eager else [])
+
+
+def server_command(python: str, model_dir: Path, cfg, *extra: str) -> list[str]:
+    """The engine server's command line on this machine (the Slurm engine step renders its own)."""
+    return [python, str(SIDE_DIR / "server.py"), "--model", str(model_dir), *extra, *server_args(cfg)]
+
+
+# the trainer's torch.distributed settings are not the engine's
+_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
+                "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def engine_env(python: str, key: str, devices: str | None = None) -> dict[str, str]:
+    """The environment of an engine server started on this machine by `python` (the vLLM environment's
+    interpreter), answering clients that hold `key`."""
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env.update(TULU_ENGINE_AUTHKEY=key, PYTHONPATH=str(SIDE_DIR))
+    iomp = Path(python).parent.parent / "lib" / "libiomp5.so"  # the vLLM CPU build wants Intel OpenMP first
+    if iomp.is_file() and "LD_PRELOAD" not in env:
+        env["LD_PRELOAD"] = str(iomp)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
+    return env

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from tulu_mcore.errors import ConfigError, EngineError
-from tulu_mcore.launch.engine import ENGINE_DIR, SIDE_DIR, server_args, write_engine_config
+from tulu_mcore.launch.engine import ENGINE_DIR, engine_env, server_command, write_engine_config
 from tulu_mcore.rollout import Rollout
 
 
@@ -117,18 +117,8 @@ class VllmEngine:
         ready, log_file = where / "ready.json", where / "vllm.log"
         ready.unlink(missing_ok=True)
         key = secrets.token_hex(16)
-        env = {**os.environ, "TULU_ENGINE_AUTHKEY": key, "PYTHONPATH": str(SIDE_DIR)}
-        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                     "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"):
-            env.pop(name, None)  # the trainer's torch.distributed settings are not the engine's
-        iomp = Path(python).parent.parent / "lib" / "libiomp5.so"  # the vLLM CPU build wants Intel OpenMP first
-        if iomp.is_file() and "LD_PRELOAD" not in env:
-            env["LD_PRELOAD"] = str(iomp)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        if opts.devices is not None:
-            env["CUDA_VISIBLE_DEVICES"] = opts.devices
-        cmd = [python, str(SIDE_DIR / "server.py"), "--model", str(model_dir), "--ready-file", str(ready),
-               "--exit-with-client", *server_args(cfg)]
+        env = engine_env(python, key, devices=opts.devices)
+        cmd = server_command(python, model_dir, cfg, "--ready-file", str(ready), "--exit-with-client")
         t0 = time.time()
         log(f"starting the vLLM engine ({python}); its log: {log_file}")
         with open(log_file, "ab") as out:
