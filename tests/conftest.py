@@ -36,23 +36,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device (none visible)"))
 
 
-def run_cli(module: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
+def run_cli(module: str, *args: str, check: bool = False, fresh: bool = False) -> subprocess.CompletedProcess:
+    """A command (`python -m module args`) as a user runs it: its exit code, stdout and stderr; on the
+    session's one-rank pool (a failed command leaves nothing behind with one rank), or in a fresh process
+    with `fresh`."""
+    if fresh:
+        proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                              cwd=ROOT)
+    else:
+        proc = rank_pool.run(module, [str(a) for a in args], 1)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-5000:]}")
     return proc
 
 
 def convert(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`tulu-convert` on one rank of the session's rank pool; a run that may fail (`check=False`) in a
-    fresh process, as a user would see it."""
-    if not check:
-        return run_cli("tulu_mcore.cli.convert", *args)
-    proc = rank_pool.run("tulu_mcore.cli.convert", [str(a) for a in args], 1)
-    if proc.returncode != 0:
-        raise AssertionError(f"tulu-convert {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-5000:]}")
-    return proc
+    """`tulu-convert` on one rank of the session's rank pool (see run_cli)."""
+    return run_cli("tulu_mcore.cli.convert", *args, check=check)
 
 
 def run_worker(script: str, args: list[str], nproc: int, env: dict | None = None) -> None:
@@ -62,7 +62,17 @@ def run_worker(script: str, args: list[str], nproc: int, env: dict | None = None
         raise AssertionError(f"{script} on {nproc} ranks failed:\n{proc.stdout}\n{proc.stderr[-6000:]}")
 
 
-def read_json(path: Path) -> dict:
+def hf_tensors(d: Path) -> dict:
+    """Every tensor of an HF directory's safetensors files, by name."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(d).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
@@ -154,9 +164,9 @@ def vllm_engine(vllm_python, vllm_hf, tmp_path_factory):
     import signal
     import time
 
+    from tulu_mcore.arch import LlamaArch
     from tulu_mcore.config.compose import compose
     from tulu_mcore.launch.engine import engine_env, server_command, write_engine_config
-    from tulu_mcore.arch import LlamaArch
 
     root = tmp_path_factory.mktemp("engine")
     cfg = compose(["runtime.device=cpu", "train.seq_length=256"])  # the RL tests' row length and dtype

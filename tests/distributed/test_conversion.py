@@ -6,10 +6,9 @@ import re
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests import rank_pool
-from tests.conftest import convert, read_json, run_cli, run_worker
+from tests.conftest import convert, hf_tensors, read_json, run_cli, run_worker
 from tulu_mcore.convert.hf_io import HFCheckpoint
 from tulu_mcore.convert.verify import FP32_TOL, VerifyArgs, prompt_tokens
 from tulu_mcore.convert.verify import reference_logits as reference_logits_of
@@ -22,13 +21,6 @@ LAYOUTS = {
     "pp2_vpp2": ["--pp", "2", "--vpp", "2"],
     "cp2": ["--cp", "2"],
 }
-
-
-def hf_tensors(d):
-    out = {}
-    for f in sorted(d.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ import urllib.request
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hf_tensors
 
 EXPERIMENT = "tulu3_8b_sft"  # TP2: 2 ranks, a layout the tiny model takes (2 KV heads)
 
@@ -41,13 +40,6 @@ def tensors(ckpt):
     md = FileSystemReader(str(ckpt)).read_metadata()
     reader = CheckpointReader(ckpt)
     return {k: reader.read(k) for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
-
-
-def hf_tensors(d):
-    out = {}
-    for f in sorted(d.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 @pytest.fixture(scope="module")

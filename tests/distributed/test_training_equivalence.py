@@ -38,15 +38,16 @@ def test_layout_reproduces_single_rank(reference, tiny_ckpt, tmp_path, layout):
         assert abs(g["grad_norm"] - r["grad_norm"]) <= 1e-5 * abs(r["grad_norm"]), (step, g, r)
 
 
-def test_runs_in_one_process_release_their_groups(tiny_ckpt, tmp_path):
-    """Several runs in one process (a notebook, the test pool): runtime.teardown releases each run's
+def test_runs_in_one_process_release_their_groups(data_cache, tmp_path):
+    """Several runs in one process (a notebook, tulu-demo's launch): runtime.teardown releases each run's
     megatron process groups and their threads, keeping only the default group for the next run."""
-    after = []
-    for layout in ("tp2", "pp2", "cp2", "tp2"):
-        run_worker("train_steps.py", [tiny_ckpt["untied"], tmp_path / f"{layout}.json", f"parallel={layout}",
-                                      *OVERRIDES], nproc=2)
-        run_worker("process_groups.py", [tmp_path / "groups.json"], nproc=2)
-        after.append(read_json(tmp_path / "groups.json"))
+    out = tmp_path / "groups.json"
+    run_worker("process_groups.py", [out, tmp_path, "tp2", "pp2", "cp2", "tp2", "--", "recipe=sft",
+                                     "runtime.device=cpu", "metrics.progress=false", f"data.cache_dir={data_cache}",
+                                     "train.max_steps=2", "train.global_batch_size=8", "train.seq_length=128",
+                                     "train.export_hf=false"], nproc=2)
+    after = read_json(out)
+    assert [a["layout"] for a in after] == ["tp2", "pp2", "cp2", "tp2"]
     assert all(a["groups"] == 1 for a in after), after
     # megatron's forgotten groups cost ~60 busy threads a run; a destroyed gloo group may keep its few
     # idle worker threads until the process ends

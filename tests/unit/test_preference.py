@@ -198,12 +198,11 @@ def test_stale_cache_is_refused(tmp_path):
 
 
 def test_data_inspect_shows_pairs(tmp_path):
-    import subprocess
-    import sys
+    from tests.conftest import run_cli
 
     path = write(tmp_path / "p.jsonl", [{"chosen": PROMPT + [GOOD], "rejected": PROMPT + [BAD]}, BAD_ROWS[0]])
-    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.data", "inspect", "--tokenizer", str(TINY_TOKENIZER),
-                           "--data", path, "--pairs", "--on-error", "skip"], capture_output=True, text=True)
+    proc = run_cli("tulu_mcore.cli.data", "inspect", "--tokenizer", TINY_TOKENIZER, "--data", path, "--pairs",
+                   "--on-error", "skip")
     assert proc.returncode == 0, proc.stderr
     [line] = proc.stdout.splitlines()
     rec = json.loads(line)

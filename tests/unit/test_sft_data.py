@@ -242,11 +242,10 @@ def test_step_batches_are_a_function_of_the_step(tok, tmp_path):
 
 
 def test_inspect_cli(tmp_path):
-    import subprocess
-    import sys
+    from tests.conftest import run_cli
 
-    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.data", "inspect", "--tokenizer", str(TINY_TOKENIZER),
-                           "--data", "builtin:sft-demo", "--limit", "3"], capture_output=True, text=True)
+    proc = run_cli("tulu_mcore.cli.data", "inspect", "--tokenizer", TINY_TOKENIZER, "--data", "builtin:sft-demo",
+                   "--limit", "3")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == 3
@@ -256,7 +255,6 @@ def test_inspect_cli(tmp_path):
         assert r["labels"][-1] == 1  # the final EOS is trained
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n")
-    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.data", "inspect", "--tokenizer", str(TINY_TOKENIZER),
-                           "--data", str(bad)], capture_output=True, text=True)
+    proc = run_cli("tulu_mcore.cli.data", "inspect", "--tokenizer", TINY_TOKENIZER, "--data", bad)
     assert proc.returncode == 2 and f"{bad}:1: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
     shutil.rmtree(tmp_path)

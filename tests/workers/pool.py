@@ -61,10 +61,9 @@ def alive(pid: int) -> bool:
 
 
 def main(queue: Path, owner: int) -> None:
-    import torch.distributed as dist
-
     # what every job needs: imported once for the session
     import megatron.core  # noqa: F401
+    import torch.distributed as dist
     import transformers  # noqa: F401
 
     from tulu_mcore.runtime.logs import quiet_known_warnings

@@ -14,7 +14,6 @@ from tulu_mcore.errors import UserError
 from tulu_mcore.models.llama.mapping import EMBEDDING, SCORE, find_param, hf_to_local, units
 from tulu_mcore.runtime.logs import progress
 
-
 READ_THREADS = 4
 
 
@@ -81,7 +80,13 @@ def convert_hf_to_mcore(hf_dir: str, out_dir: str, *, overwrite: bool = False, t
     holds only its own slices."""
     from tulu_mcore import runtime
     from tulu_mcore.checkpoint.dist import save_checkpoint
-    from tulu_mcore.config.schema import ModelConfig, ParallelConfig, PrecisionConfig, RunConfig, RuntimeConfig
+    from tulu_mcore.config.schema import (
+        ModelConfig,
+        ParallelConfig,
+        PrecisionConfig,
+        RunConfig,
+        RuntimeConfig,
+    )
     from tulu_mcore.dtypes import DTYPE_NAMES, TORCH_DTYPES
     from tulu_mcore.models.factory import build_model
 
