@@ -136,8 +136,8 @@ def process_split(path: Path) -> dict:
     procs = [p for p in procs if p["start"] is not None and p["end"] is not None]
     by_pid = {p["pid"]: p for p in procs}
 
-    def is_test_process(p) -> bool:
-        return "pytest" in " ".join(p["argv"])
+    def is_test_process(p) -> bool:  # python -m pytest (not a rank whose arguments name pytest's tmp dirs)
+        return bool(p["argv"]) and p["argv"][0].endswith(("pytest/__main__.py", "/pytest", "py.test"))
 
     def launch_start(p) -> float:
         """The start of the launch `p` belongs to: its topmost logged ancestor below the test process."""
