@@ -1,5 +1,7 @@
 """GRPO end to end through `tulu-train recipe=rlvr_grpo` at TP2: rollouts from the megatron engine,
-verifier rewards, reference log-probs, a step; the engine's log-probs agree with the trainer's."""
+verifier rewards, reference log-probs, a step; the engine's log-probs agree with the trainer's (at a
+sampling temperature too: the trainer divides its logits by it); the release's non-stop penalty; π_old
+as the release takes it (the trainer's log-probs before the step's first update)."""
 
 import pytest
 
@@ -11,12 +13,14 @@ def test_grpo_runs_at_tp2(sft_hf, tmp_path):
     run = tmp_path / "run"
     train(["recipe=rlvr_grpo", f"model.init={sft_hf}", f"run.dir={run}", "runtime.device=cpu",
            "metrics.progress=false", "train.max_steps=2", "train.global_batch_size=4", "rlvr.samples_per_prompt=4",
-           "rlvr.max_new_tokens=16", "parallel.tp=2", "train.export_hf=false"], nproc=2)
+           "rlvr.max_new_tokens=16", "parallel.tp=2", "train.export_hf=false", "rlvr.temperature=0.7",
+           "rlvr.loss_aggregation=group_token_mean", "rlvr.loss_group_size=2"], nproc=2)
     m = metrics(run)
     assert [x["step"] for x in m] == [1, 2]
     for x in m:
         assert x["responses"] == 16 and 0 <= x["verified_rate"] <= 1 and x["kl"] >= 0
-        assert x["logprob_abs_diff"] <= 1e-3  # engine vs trainer on the sampled tokens
+        # engine vs trainer on the sampled tokens, both at temperature 0.7 (undivided logits differ by ~0.1)
+        assert x["logprob_abs_diff"] <= 1e-3
         assert x["weight_version"] == x["step"] - 1  # on-policy: the weights before this step's update
     assert m[0]["kl"] < 1e-6  # the policy starts as the reference
 
@@ -58,3 +62,25 @@ def test_grpo_minibatches_update_between_parts(sft_hf, tmp_path):
     assert b["microbatches"] >= 2  # each part packed into rows of its own
     assert a["kl"] < 1e-6 < b["kl"] and a["clip_fraction"] == 0.0 < b["clip_fraction"]
     assert b["logprob_abs_diff"] <= 1e-3  # measured before the step's first update
+    # π_old = the trainer before the step's first update: the ratio is exactly 1 on the first mini-batch,
+    # and on the second it compares the moved policy with the one before the update
+    assert b["ratio_dev_first"] == 0.0 < b["ratio_dev"]
+    # rlvr.pi_old=engine: the engine's sampling log-probs, so the first mini-batch's ratio is not exactly 1
+    engine = tmp_path / "engine"
+    train([*common, f"run.dir={engine}", "rlvr.minibatches=2", "rlvr.pi_old=engine"])
+    [c] = metrics(engine)
+    assert 0.0 < c["ratio_dev_first"] <= 1e-3 and c["verified_rate"] == b["verified_rate"]
+
+
+@pytest.mark.parametrize("penalty", [0.0, -10.0])
+def test_non_stop_penalty_replaces_the_score_of_a_truncated_response(tmp_path, penalty):
+    """Every response cut at 2 tokens: with the release's non_stop_penalty each scores
+    penalty_reward_value, so the step's reward_mean is exactly that."""
+    run = tmp_path / "run"
+    train(["recipe=rlvr_grpo", "model=tiny", "train.max_steps=2", "rlvr.max_new_tokens=2", "rlvr.non_stop_penalty=true",
+           f"rlvr.penalty_reward_value={penalty}", f"run.dir={run}", "runtime.device=cpu", "metrics.progress=false",
+           "train.global_batch_size=4", "rlvr.samples_per_prompt=2", "train.export_hf=false"])
+    m = metrics(run)
+    assert [x["step"] for x in m] == [1, 2]
+    for x in m:
+        assert x["no_eos_rate"] == 1.0 and x["reward_mean"] == penalty

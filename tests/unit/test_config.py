@@ -161,3 +161,32 @@ def test_dpo_options_are_checked():
     msg = str(e.value)
     for needle in ("dpo.loss_type='kto'", "dpo.beta=0", "dpo.gamma=1", "at least 2 x data.max_seq_len"):
         assert needle in msg, (needle, msg)
+
+
+# the released settings (open-instruct's RL scripts and the documented commands), per golden RL experiment:
+# (penalty_reward_value, loss group = --per_device_train_batch_size, LR horizon in steps, stop step)
+RELEASED_RL = {"tulu31_8b_rlvr_grpo": (0.0, 2, None, None), "tulu3_8b_rlvr_ppo": (-10.0, 2, 10_000_000 // 224, 446),
+               "tulu3_70b_rlvr_ppo": (-10.0, 1, 400_000 // 640, 625),
+               "tulu3_405b_rlvr_ppo": (-10.0, 1, 400_000 // 1856, 161)}
+
+
+@pytest.mark.parametrize("experiment", sorted(RELEASED_RL))
+def test_golden_rl_experiments_print_the_released_settings(experiment, capsys):
+    import yaml
+
+    from tulu_mcore.cli.train import main
+
+    main([f"experiment={experiment}", "--print-config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    r, o = cfg["rlvr"], cfg["optim"]
+    penalty, group, horizon, stop = RELEASED_RL[experiment]
+    assert (r["non_stop_penalty"], r["penalty_reward_value"], r["tulu3_compat"]) == (True, penalty, True)
+    assert (r["loss_aggregation"], r["loss_group_size"], r["pi_old"]) == ("group_token_mean", group, "trainer")
+    assert (r["async_generation"], r["engine"], r["max_prompt_tokens"], r["temperature"]) == (True, "vllm", 2048, 1.0)
+    # torch.optim.AdamW(policy.parameters()) without a weight-decay argument: 0.01 on every parameter
+    assert (o["weight_decay"], o["decay_norms_and_biases"]) == (0.01, True)
+    assert (o["schedule_steps"], cfg["train"]["max_steps"]) == (horizon, stop)
+    if cfg["recipe"]["name"] == "rlvr_ppo":
+        assert r["score_position"] == "after_eos" and r["ppo_epochs"] == 4
+    else:
+        assert o["lr_schedule"] == "constant" and r["minibatches"] == 2

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from tulu_mcore.models.context_parallel import local_positions, split_for_cp, thd_zigzag_positions, zigzag_positions
+from tulu_mcore.models.context_parallel import (
+    local_positions,
+    split_for_cp,
+    thd_zigzag_positions,
+    zigzag_positions,
+)
 
 
 @pytest.mark.parametrize("cp", [1, 2, 4])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tulu_mcore.algorithms.rlvr.batch import RolloutBatch, Trajectory
+from tulu_mcore.algorithms.rlvr.batch import RolloutBatch, Trajectory, loss_weights
 from tulu_mcore.algorithms.rlvr.grpo import group_advantages, grpo_token_loss
 
 
@@ -40,6 +40,49 @@ def test_token_loss_and_gradient():
         # gradient: -A r where the unclipped term is the minimum (else 0), plus beta (1 - exp(d))
         g_pg = -a * r if unclipped <= clipped else 0.0
         assert abs(logp.grad[i].item() - (g_pg + 0.1 * (1 - math.exp(d)))) < 1e-12
+
+
+@pytest.mark.parametrize("gap", [45.0, -45.0])
+def test_kl3_clamps_the_log_ratio_at_40_as_released(gap):
+    """Tülu 3.1: d = clamp(logp - ref, -40, 40), kl3 = expm1(-d) + d; outside the clamp the KL term has no
+    gradient. Unclamped, a gap of ~89 makes exp overflow in fp32."""
+    logp = torch.tensor([-1.0], dtype=torch.float32, requires_grad=True)
+    ref = logp.detach() - gap
+    loss, kl3, _ = grpo_token_loss(logp, logp.detach(), ref, torch.zeros(1), clip=0.2, beta=0.01)
+    d = 40.0 if gap > 0 else -40.0
+    assert torch.isfinite(kl3).all() and kl3.item() == pytest.approx(math.expm1(-d) + d, rel=1e-6)
+    loss.sum().backward()
+    assert logp.grad.item() == 0.0
+    far, kl_far, _ = grpo_token_loss(logp.detach(), logp.detach(), logp.detach() + 89.0, torch.zeros(1), clip=0.2,
+                                     beta=0.01)
+    assert torch.isfinite(far).all() and torch.isfinite(kl_far).all()
+
+
+def test_group_token_mean_worked_example():
+    """The release's arithmetic: one rank, micro-batches (groups) of K=2 sequences; A = two 1-token
+    responses with loss 1 per token, B = two 3-token responses with loss 0. The loss is the mean of the
+    micro-batches' token means (1 + 0) / 2 = 0.5; each token's weight 1/(2 x 2) in A, 1/(2 x 6) in B.
+    token_mean: 2 / 8 = 0.25, weight 1/8 everywhere."""
+    lengths = [1, 1, 3, 3]
+    losses = [np.ones(1), np.ones(1), np.zeros(3), np.zeros(3)]
+    n = sum(lengths)  # megatron divides sum(w * loss) by the step's tokens
+    for rule, k, groups, want_loss, want in [("group_token_mean", 2, 2, 0.5, [0.25, 0.25, 1 / 12, 1 / 12]),
+                                             ("token_mean", 2, 0, 0.25, [1 / 8] * 4),
+                                             ("sequence_mean", 2, 4, 0.5, [0.25, 0.25, 1 / 12, 1 / 12])]:
+        w = loss_weights(lengths, rule, k, n, groups)
+        assert sum(float((wi * li).sum()) for wi, li in zip(w, losses)) / n == pytest.approx(want_loss)
+        assert [wi[0] / n for wi in w] == pytest.approx(want)
+    # sequence_mean: each sequence's token mean, then their mean
+    w = loss_weights([1, 3], "sequence_mean", 1, 4, 2)
+    assert (w[0] * 2.0).sum() / 4 + (w[1] * np.array([1.0, 2.0, 3.0])).sum() / 4 == pytest.approx((2.0 + 2.0) / 2)
+
+
+def test_group_weights_do_not_depend_on_how_ranks_split_the_sequences():
+    lengths = [2, 5, 1, 4, 3, 3, 7, 1]
+    one = loss_weights(lengths, "group_token_mean", 2, sum(lengths), 4)
+    two = (loss_weights(lengths[:4], "group_token_mean", 2, sum(lengths), 4)
+           + loss_weights(lengths[4:], "group_token_mean", 2, sum(lengths), 4))
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
 
 
 def _trajectory(ids, prompt_len, score=0.0):

@@ -1,11 +1,19 @@
-"""PPO pieces against formulas written out here: kl1-shaped rewards, GAE (as the discounted sum of TD
-errors), the clipped surrogate and the clipped value loss, and whitening over the step."""
+"""PPO pieces against formulas written out here and the released Tülu 3 code's arithmetic: kl1-shaped
+rewards with the score after EOS (the release's padding_mask_p1 layout) or on it, GAE (as the discounted
+sum of TD errors), the clipped surrogate and the clipped value loss, and the release's whitening."""
 
 import numpy as np
 import pytest
 import torch
 
-from tulu_mcore.algorithms.rlvr.ppo import gae, policy_loss, shaped_rewards, value_loss
+from tulu_mcore.algorithms.rlvr.ppo import (
+    gae,
+    policy_loss,
+    shaped_rewards,
+    value_loss,
+    value_positions,
+    whitening,
+)
 from tulu_mcore.config.schema import RlvrConfig
 
 
@@ -13,6 +21,33 @@ def test_shaped_rewards_put_the_score_on_the_last_token():
     logp, ref = np.array([-1.0, -2.0, -0.5]), np.array([-1.5, -2.0, -0.25])
     r = shaped_rewards(10.0, logp, ref, beta=0.05)
     assert r == pytest.approx([-0.05 * 0.5, 0.0, -0.05 * -0.25 + 10.0])
+    r = shaped_rewards(10.0, logp, ref, beta=0.05, positions=4)  # one position after EOS holds the score
+    assert r == pytest.approx([-0.05 * 0.5, 0.0, -0.05 * -0.25, 10.0])
+
+
+def test_value_positions_follow_the_release_p1_mask():
+    assert value_positions(3, 8, "after_eos") == 4  # EOS at index 2: values at 0..3 (idx <= seq_len + 1)
+    assert value_positions(8, 8, "after_eos") == 8  # filled the response length: no room after it
+    assert value_positions(3, 8, "eos") == 3
+
+
+def test_release_layout_worked_example():
+    """Response a, b, EOS; logp [-1, -2, -0.5], ref [-1.2, -1.5, -0.5]; V [1, 2, 3] and V after EOS 4;
+    S = 10, beta 0.05, gamma 1, lambda 0.95. The release (ppo_vllm_thread_ray_gtrl.py): rewards
+    -beta kl1 with S added at sequence_length + 1, GAE over the response length, returns = A + V,
+    advantages whitened over the response tokens with masked_whiten (unbiased var, rsqrt(var + 1e-8))."""
+    logp, ref = np.array([-1.0, -2.0, -0.5]), np.array([-1.2, -1.5, -0.5])
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    # the release's numbers, by hand: rewards [-0.01, 0.025, 0, 10]; deltas [0.99, 1.025, 1, 6]
+    r = shaped_rewards(10.0, logp, ref, beta=0.05, positions=value_positions(3, 2048, "after_eos"))
+    adv, ret = gae(r, values, 1.0, 0.95)
+    assert adv[:3] == pytest.approx([8.0105, 7.39, 6.70], abs=1e-9)
+    assert ret == pytest.approx([9.0105, 9.39, 9.70, 10.0], abs=1e-9)  # the value's target after EOS: S
+    mean, scale = whitening(adv[:3].sum(), (adv[:3] ** 2).sum(), 3)
+    assert (adv[:3] - mean) * scale == pytest.approx([0.98186, 0.03534, -1.01720], abs=1e-4)
+    # our former layout (rlvr.score_position=eos): S on EOS, V = 0 after it
+    adv_eos, _ = gae(shaped_rewards(10.0, logp, ref, beta=0.05), values[:3], 1.0, 0.95)
+    assert adv_eos == pytest.approx([8.28125, 7.675, 7.0], abs=1e-9)
 
 
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (1.0, 1.0), (1.0, 0.0)])
@@ -37,7 +72,7 @@ def test_policy_loss_clips_the_ratio():
     logp = torch.tensor([[-1.0, -0.5, -2.0, 0.0]], dtype=torch.float64, requires_grad=True)
     old = [-1.0, -1.0, -1.0, 0.0]
     adv = [1.0, 1.0, -1.0, 5.0]
-    batch = _batch(loss_mask=[1, 1, 1, 0], old_logps=old, advantages=adv)
+    batch = _batch(loss_mask=[1, 1, 1, 0], old_logps=old, advantages=adv, loss_weights=[1, 1, 1, 1])
     total, n, report = policy_loss(batch, 0.2, -logp)
     ratio = np.exp(np.array([-1.0, -0.5, -2.0]) - np.array(old[:3]))
     expected = [-min(r * a, np.clip(r, 0.8, 1.2) * a) for r, a in zip(ratio, adv[:3])]
@@ -51,9 +86,10 @@ def test_policy_loss_clips_the_ratio():
 def test_value_loss_is_half_the_larger_squared_error_times_vf_coef():
     opts = RlvrConfig(vf_coef=0.1, value_clip=0.2)
     v = torch.tensor([[[1.0], [0.5], [2.0]]], dtype=torch.float64, requires_grad=True)
-    batch = _batch(loss_mask=[1, 1, 1], old_values=[0.5, 0.5, 1.0], returns=[1.2, 0.0, 1.1])
+    w = [0.5, 2.0, 1.5]  # loss weights (rlvr.loss_aggregation)
+    batch = _batch(value_mask=[1, 1, 1], old_values=[0.5, 0.5, 1.0], returns=[1.2, 0.0, 1.1], value_weights=w)
     total, n, _ = value_loss(batch, opts, v)
     vv, old, ret = np.array([1.0, 0.5, 2.0]), np.array([0.5, 0.5, 1.0]), np.array([1.2, 0.0, 1.1])
     clipped = old + np.clip(vv - old, -0.2, 0.2)
     expected = 0.1 * 0.5 * np.maximum((vv - ret) ** 2, (clipped - ret) ** 2)
-    assert total.item() == pytest.approx(expected.sum()) and int(n) == 3
+    assert total.item() == pytest.approx((expected * w).sum()) and int(n) == 3

@@ -33,6 +33,22 @@ GSM8K += [
     ("5 apples, then 6", "5", False),  # the last number counts
     ("1,2,3", "3", True),
     ("+12 points", "12", True),
+    # a sign only where no word character or digit precedes it: a hyphen is not a minus sign
+    ("pages 3-5", "5", True),
+    ("pages 3-5", "-5", False),
+    ("20-15=5", "5", True),
+    ("20-15", "15", True),
+    ("20-15", "-15", False),
+    ("on 2024-01-05", "5", True),
+    ("1.5-2.5", "2.5", True),
+    ("x-3", "3", True),
+    ("-7", "-7", True),
+    ("-7 is the answer", "7", False),
+    ("The answer is -3.", "-3", True),
+    ("The answer is -3.", "3", False),
+    ("it is (-4)", "-4", True),
+    ("total: $-2.5", "-2.5", True),
+    ("10 - 3", "3", True),
 ]
 
 
@@ -257,5 +273,9 @@ def test_a_hanging_check_times_out(monkeypatch):
 def test_reward():
     ok, bad = Verdict(True, "ok"), Verdict(False, "ok")
     assert reward(ok, True) == 10.0 and reward(bad, True) == 0.0
-    assert reward(ok, False, no_eos_penalty=-10.0) == -10.0  # Tülu 3 PPO: no EOS replaces the score
-    assert reward(ok, False) == 10.0  # GRPO: no penalty
+    # the release's non_stop_penalty: the score of a response without EOS is replaced, verified or not
+    assert reward(ok, False, non_stop_penalty=True, penalty_reward_value=-10.0) == -10.0  # Tülu 3 PPO
+    assert reward(ok, False, non_stop_penalty=True, penalty_reward_value=0.0) == 0.0  # Tülu 3.1 GRPO
+    assert reward(bad, False, non_stop_penalty=True, penalty_reward_value=-10.0) == -10.0
+    assert reward(ok, True, non_stop_penalty=True, penalty_reward_value=-10.0) == 10.0  # ended: untouched
+    assert reward(ok, False) == 10.0  # no penalty unless asked

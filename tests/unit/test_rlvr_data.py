@@ -74,3 +74,38 @@ def test_demo_prompts_are_verifiable():
     for p in loaded.prompts:
         assert verify(p.dataset, correct_response(p), p.ground_truth), p
         assert not verify(p.dataset, wrong_response(p), p.ground_truth), p
+
+
+def test_prompts_over_the_release_limit_are_filtered_and_counted(tmp_path):
+    """As Tülu's dataset filter (--max_prompt_token_length): longer prompts are dropped, not an error."""
+    from tulu_mcore.algorithms.rlvr.prompts import load_rlvr_data
+    from tulu_mcore.config.compose import compose
+
+    tok = load_tokenizer(TINY_TOKENIZER)
+    rows = [{"messages": [{"role": "user", "content": f"{i} + 1?" + " and more" * (40 * (i % 2))}],
+             "ground_truth": str(i + 1), "dataset": "gsm8k"} for i in range(8)]
+    path = write(tmp_path / "p.jsonl", rows)
+    lengths = [len(x) for x in encode_prompts(load_prompts(source_specs(path), on_error="strict", seed=0).prompts, tok)]
+    limit = max(lengths[0::2])
+    assert min(lengths[1::2]) > limit  # the odd rows are the long ones
+    logs = []
+    cfg = compose(["recipe=rlvr_grpo", f"data.train={path}", f"rlvr.max_prompt_tokens={limit}",
+                   "train.global_batch_size=2", "train.seq_length=4096"])
+    data = load_rlvr_data(cfg, tok, logs.append, 1)
+    assert sorted(p.ground_truth for p in data.prompts) == ["1", "3", "5", "7"] and data.steps_per_epoch == 2
+    assert any(f"4 prompts longer than rlvr.max_prompt_tokens={limit} filtered out" in m for m in logs), logs
+    # without the limit a prompt that cannot fit the row is an error naming the fix
+    cfg = compose(["recipe=rlvr_grpo", f"data.train={path}", "train.global_batch_size=2",
+                   f"train.seq_length={limit + 64}", "rlvr.max_new_tokens=32"])
+    with pytest.raises(UserError, match="raise train.seq_length"):
+        load_rlvr_data(cfg, tok, logs.append, 1)
+
+
+def test_group_token_mean_needs_whole_groups_per_rank(tmp_path):
+    from tulu_mcore.algorithms.rlvr.prompts import load_rlvr_data
+    from tulu_mcore.config.compose import compose
+
+    cfg = compose(["recipe=rlvr_grpo", "train.global_batch_size=6", "rlvr.samples_per_prompt=3",
+                   "rlvr.loss_aggregation=group_token_mean", "rlvr.loss_group_size=4"])
+    with pytest.raises(UserError, match="groups of rlvr.loss_group_size=4"):
+        load_rlvr_data(cfg, load_tokenizer(TINY_TOKENIZER), print, 2)  # 3 prompts x 3 samples per rank

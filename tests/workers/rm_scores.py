@@ -16,6 +16,7 @@ def main(ckpt: str, cache_dir: str, out: str, overrides: list[str]) -> None:
 
     from tulu_mcore import runtime
     from tulu_mcore.checkpoint.dist import checkpoint_arch, load_model, read_meta
+    from tulu_mcore.checkpoint.run import resolve_checkpoint
     from tulu_mcore.config.compose import compose
     from tulu_mcore.data.cache import prepare
     from tulu_mcore.data.packing import pack
@@ -24,8 +25,6 @@ def main(ckpt: str, cache_dir: str, out: str, overrides: list[str]) -> None:
     from tulu_mcore.models.factory import build_model
     from tulu_mcore.training.sequences import sequence_scores
     from tulu_mcore.training.step import packed_forward
-
-    from tulu_mcore.checkpoint.run import resolve_checkpoint
 
     ckpt = resolve_checkpoint(ckpt)  # a run directory: its latest checkpoint
     cfg = compose(["runtime.device=cpu", "model.attention=sdpa", *overrides])

@@ -19,6 +19,9 @@ ATTENTION_BACKENDS = ("auto", "te", "sdpa", "flex")
 DEVICES = ("auto", "cuda", "cpu")
 RECIPES = ("none", "sft", "dpo", "rm", "rlvr_grpo", "rlvr_ppo")
 ENGINES = ("megatron", "vllm")
+LOSS_AGGREGATIONS = ("token_mean", "group_token_mean", "sequence_mean")
+PI_OLD = ("trainer", "engine")
+SCORE_POSITIONS = ("after_eos", "eos")
 WEIGHT_TRANSPORTS = ("memory", "disk")
 DPO_LOSSES = ("dpo", "dpo_norm", "ipo", "simpo")
 REFERENCES = ("cache", "live")
@@ -104,6 +107,11 @@ class OptimConfig:
     lr_schedule: str = "linear"  # linear (Tülu) | cosine | constant, after the warmup
     warmup_ratio: float = 0.03  # linear warmup over this share of the steps
     min_lr: float = 0.0  # where the decay ends
+    # the schedule's horizon in steps (warmup share and decay end); default: where the run stops
+    # (train.max_steps or the epochs). Tülu 3 8B PPO decayed over 44,642 steps and stopped at 446.
+    schedule_steps: int | None = None
+    decay_norms_and_biases: bool = False  # true: weight decay on every parameter (torch AdamW over
+    # model.parameters(), as Tülu 3's RL); false: not on norms and biases (megatron's default)
 
 
 @dataclass
@@ -166,8 +174,16 @@ class RlvrConfig:
     beta: float = 0.01  # GRPO: kl3 in the loss (Tülu 3.1: 0.01); PPO: kl1 in the reward (Tülu 3 8B: 0.05)
     clip: float = 0.2
     verified_reward: float = 10.0
-    no_eos_penalty: float = 0.0  # replaces the score of a response without EOS (Tülu 3 PPO: -10)
+    non_stop_penalty: bool = False  # a response without EOS scores penalty_reward_value, whatever its verdict
+    penalty_reward_value: float = 0.0  # (Tülu 3 PPO: -10; Tülu 3.1 GRPO: 0)
     tulu3_compat: bool = False  # the released verifiers, bugs included
+    max_prompt_tokens: int | None = None  # longer prompts are filtered out, counted (Tülu 3: 2048)
+    # the loss over an optimizer step's response tokens: token_mean (one mean over all) |
+    # group_token_mean (the mean of each group of loss_group_size consecutive sequences' token means:
+    # Tülu's per-micro-batch means) | sequence_mean (each sequence's token mean, then their mean)
+    loss_aggregation: str = "token_mean"
+    loss_group_size: int = 1  # sequences per group (Tülu 3.1 GRPO and 3 8B PPO: 2; 70B/405B PPO: 1)
+    pi_old: str = "trainer"  # the ratio's π_old: trainer (its log-probs before the update, Tülu) | engine
     engine: str = "megatron"  # megatron: KV-cache generation on the trainer's model | vllm
     async_generation: bool = False  # generate step t+1 while step t trains (one step off-policy; vllm)
     minibatches: int = 1  # GRPO: optimizer steps per batch of rollouts, split by prompts (Tülu 3.1: 2)
@@ -179,6 +195,9 @@ class RlvrConfig:
     value_clip: float = 0.2
     value_init: str | None = None  # the value model's weights (Tülu 3: the 8B RM); default: the policy's
     value_lr: float | None = None  # default optim.lr (Tülu 3: the same LR)
+    # where the score sits: after_eos (Tülu 3: one position past EOS, where V is kept and trained towards
+    # the score) | eos (on the last response token; V = 0 after it)
+    score_position: str = "after_eos"
     vllm: VllmConfig = field(default_factory=VllmConfig)
 
 

@@ -17,12 +17,15 @@ from tulu_mcore.config.schema import (
     ENGINES,
     FP8_FORMATS,
     FP8_RECIPES,
+    LOSS_AGGREGATIONS,
     LR_SCHEDULES,
     ON_ERROR,
+    PI_OLD,
     RECIPES,
     RECOMPUTE,
     REDUCTIONS,
     REFERENCES,
+    SCORE_POSITIONS,
     WEIGHT_TRANSPORTS,
     RunConfig,
 )
@@ -234,6 +237,8 @@ def _check_training(cfg: RunConfig, err) -> None:
             err(f"train.{key}={getattr(t, key)} must be >= 1")
     if t.max_steps is not None and t.max_steps < 1:
         err(f"train.max_steps={t.max_steps} must be >= 1 (or null to train for train.epochs)")
+    if o.schedule_steps is not None and o.schedule_steps < 1:
+        err(f"optim.schedule_steps={o.schedule_steps} must be >= 1 (or null: the schedule ends where the run stops)")
     pairs = cfg.recipe.name in ("dpo", "rm")
     if d.max_seq_len is not None and not pairs and not 1 <= d.max_seq_len <= t.seq_length:
         err(f"data.max_seq_len={d.max_seq_len} must be between 1 and train.seq_length={t.seq_length} "
@@ -254,6 +259,14 @@ def _check_rlvr(cfg: RunConfig, err) -> None:
     r, par, name = cfg.rlvr, cfg.parallel, cfg.recipe.name
     _choice(err, "rlvr.engine", r.engine, ENGINES)
     _choice(err, "rlvr.vllm.transport", r.vllm.transport, WEIGHT_TRANSPORTS)
+    _choice(err, "rlvr.loss_aggregation", r.loss_aggregation, LOSS_AGGREGATIONS)
+    _choice(err, "rlvr.pi_old", r.pi_old, PI_OLD)
+    _choice(err, "rlvr.score_position", r.score_position, SCORE_POSITIONS)
+    if r.loss_group_size < 1:
+        err(f"rlvr.loss_group_size={r.loss_group_size} must be >= 1 (sequences per group of "
+            "rlvr.loss_aggregation=group_token_mean)")
+    if r.max_prompt_tokens is not None and r.max_prompt_tokens < 1:
+        err(f"rlvr.max_prompt_tokens={r.max_prompt_tokens} must be >= 1 (or null: no filter)")
     if par.cp > 1:
         err(f"recipe={name}: parallel.cp={par.cp}; RL rows hold short prompt + response sequences, use "
             "parallel.cp=1 (tensor, pipeline and data parallelism)")

@@ -12,8 +12,8 @@ identical chosen and rejected responses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections import Counter
+from dataclasses import dataclass, field
 
 from tulu_mcore.data.sources import SourceSpec, load_items
 from tulu_mcore.data.template import ConversationError, check_messages

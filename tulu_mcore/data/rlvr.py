@@ -9,8 +9,8 @@ row's ground truth, the ``dataset`` field choosing the verifier.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 

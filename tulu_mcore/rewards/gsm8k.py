@@ -1,8 +1,17 @@
-"""GSM8K: the last number of the response against the ground truth.
+r"""GSM8K: the last number of the response against the ground truth.
 
-Thousands separators (a comma between digits) are removed first. By default the sign belongs to every
-number and answers compare as numbers ("18.0" equals "18"). The released Tülu 3 checker
-(`tulu3_compat=True`) kept the sign on decimals only and compared lower-cased strings.
+Thousands separators are removed first, as released: each comma between two digits, scanning left to
+right without overlap ("1,234,567" gives 1234567, "1,2,3" gives "12,3").
+
+Deliberate differences of the default mode from the released Tülu 3 checker, which `tulu3_compat=True`
+reproduces:
+
+* a sign belongs to any number, integer or decimal, but only where no word character or digit precedes
+  it: in "3-5", "20-15=5" or "2024-01-05" the hyphen is not a minus sign ("-7" and "is -3." are negative).
+  The release's pattern ``[-+]?\d*\.\d+|\d+`` signed decimals only, hyphens included ("3-5.5" gave
+  "-5.5"), and never integers ("-5" gave "5");
+* answers compare as numbers ("18.0" equals "18", "+12" equals "12"), a non-number as stripped lower-case
+  text; the release compared lower-cased strings.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import re
 from fractions import Fraction
 
 _THOUSANDS = re.compile(r"(\d),(\d)")
-_NUMBER = re.compile(r"[-+]?(?:\d*\.\d+|\d+)")
+_NUMBER = re.compile(r"(?:(?<!\w)[-+])?(?:\d*\.\d+|\d+)")  # \w: letters, digits, _
 _NUMBER_COMPAT = re.compile(r"[-+]?\d*\.\d+|\d+")
 
 

@@ -1,16 +1,27 @@
 """IFEval-style constraints, as the Tülu 3 RLVR data states them: a JSON ground truth with ``func_name``
 and the function's arguments (absent or null arguments are dropped).
 
-The 25 checks follow the released Tülu 3 checker's semantics (argument names included). Three of its
-behaviours were bugs and are fixed here unless `tulu3_compat=True` asks for the release:
+The 25 checks follow the released Tülu 3 checker's semantics (argument names included). The default
+mode differs from the release on purpose where the release was wrong; `tulu3_compat=True` reproduces it:
 
 * ``validate_placeholders`` returned a tuple, always truthy: every response passed;
 * ``validate_choice`` tested whether the response is part of an option, not the other way round;
-* ``validate_frequency_capital_words`` treated "around" as exact equality.
+* ``validate_frequency_capital_words`` treated "around" as exact equality (fixed: +-10 %, at least 1,
+  as ``validate_word_constraint``);
+* ``verify_sentence_constraint`` ended sentences at "." and "?" only ("!" too here);
+* ``validate_paragraphs`` indexed paragraph ``i - 1`` as a Python list (i = 0 is the last paragraph);
+  here i must be 1..N;
+* the release passed every non-null argument, so an argument a function does not take was an error;
+  here it is ignored.
+
+In both modes ``validate_response_language`` seeds langdetect (the release did not, so its verdict on
+ambiguous text could change from call to call), and a check that raises (a bad ground truth, langdetect
+on text without letters) scores no reward, as ``check`` counts it.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 
@@ -75,9 +86,13 @@ def verify_sentence_constraint(text, N, quantifier, *, compat=False, **_):
     return _compare(count, N, quantifier, 1)
 
 
-def validate_paragraphs(text, N, first_word, i, **_):
+def validate_paragraphs(text, N, first_word, i, *, compat=False, **_):
     parts = text.split("\n\n")
-    return len(parts) == N and 1 <= i <= N and parts[i - 1].strip().startswith(first_word)
+    if len(parts) != N:
+        return False
+    if not compat and not 1 <= i <= N:
+        return False
+    return parts[i - 1].strip().startswith(first_word)  # compat: i <= 0 counts from the end, as released
 
 
 def verify_postscript(text, postscript_marker, **_):
@@ -168,7 +183,12 @@ FUNCTIONS = {f.__name__: f for f in (
     validate_frequency_capital_words, validate_end, validate_quotation, validate_no_commas,
 )}
 _COMPAT_AWARE = {"validate_placeholders", "validate_choice", "validate_frequency_capital_words",
-                 "verify_sentence_constraint"}
+                 "verify_sentence_constraint", "validate_paragraphs"}
+
+
+def _parameters(function) -> set[str]:
+    params = inspect.signature(function).parameters.values()
+    return {p.name for p in params if p.kind is not p.VAR_KEYWORD} - {"text", "compat"}
 
 
 def verify(response: str, ground_truth, *, tulu3_compat: bool = False) -> bool:
@@ -178,6 +198,9 @@ def verify(response: str, ground_truth, *, tulu3_compat: bool = False) -> bool:
     if name not in FUNCTIONS:
         raise ValueError(f"unknown IFEval function {name!r}")
     kwargs = {k: v for k, v in spec.items() if v is not None}
+    unexpected = sorted(set(kwargs) - _parameters(FUNCTIONS[name]))
+    if tulu3_compat and unexpected:  # the release called the function with them: a TypeError
+        raise TypeError(f"{name} got unexpected arguments {unexpected}")
     if name in _COMPAT_AWARE:
         kwargs["compat"] = tulu3_compat
     # the release judged the result's truth value (a tuple from validate_placeholders passes)

@@ -5,6 +5,12 @@ Minerva sentence "Final Answer: The final answer is X. I hope it is correct." (n
 neither exists, the text between the last two ``$``; else the whole normalised output. A candidate
 matches when ``math-verify`` finds it equivalent to the ground truth (symbolic and numeric equivalence of
 LaTeX), or when the Hendrycks string normalisations of the two are equal.
+
+Deliberate differences from the released checker (reproduced by :mod:`tulu_mcore.rewards.math_tulu3`
+under ``tulu3_compat=True``): math-verify instead of SymPy's ``parse_latex`` (lists, tuples, intervals,
+percents and units compare whole); the last of ``\\boxed``/``\\fbox``, braced or not, is the boxed answer;
+the Minerva sentence needs no "I hope it is correct" of its own, and an empty one is skipped; a boxed
+ground truth is unboxed; Hendrycks' normalisation never fails (a bare ``%`` is removed too).
 """
 
 from __future__ import annotations

@@ -103,11 +103,15 @@ class TrainingRun:
         return self.cfg.train.max_steps or self.cfg.train.epochs * steps_per_epoch
 
     # ---------------------------------------------------------------------------------- model
-    def build(self, total_steps: int, *, head: str = "lm", overrides: dict | None = None,
-              optimizer_steps: int | None = None):
-        """Model chunks wrapped for training, the optimizer and the LR schedule (over `optimizer_steps`,
-        default one per step); weights from model.init unless a checkpoint of this run will be loaded
-        by resume()."""
+    def schedule_horizon(self, total_steps: int, updates_per_step: int = 1) -> int:
+        """The LR schedule's length in optimizer steps: optim.schedule_steps (default: the run's
+        `total_steps`) x the optimizer steps each step takes."""
+        return (self.cfg.optim.schedule_steps or total_steps) * updates_per_step
+
+    def build(self, total_steps: int, *, head: str = "lm", overrides: dict | None = None, updates_per_step: int = 1):
+        """Model chunks wrapped for training, the optimizer and the LR schedule (see schedule_horizon;
+        `updates_per_step` optimizer steps per step); weights from model.init unless a checkpoint of this
+        run will be loaded by resume()."""
         cfg, lay = self.cfg, self.layout
         config_overrides = {"calculate_per_token_loss": True, **recompute_overrides(cfg.train.recompute)}
         if lay.pp > 1 and self.trim_rows:
@@ -124,7 +128,7 @@ class TrainingRun:
         self.head = head
         self.model = wrap_for_training(chunks, cfg.precision, cfg.optim)
         self.optimizer = build_optimizer(self.model, cfg.precision, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, optimizer_steps or total_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.schedule_horizon(total_steps, updates_per_step))
         self.total_steps = total_steps
         return self.model, self.optimizer, self.scheduler
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import torch
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.transformer.module import Float16Module
 
@@ -49,6 +53,9 @@ def build_optimizer(model, precision: PrecisionConfig, optim: OptimConfig):
             main_params_dtype=torch.float32,
         ),
         model,
+        # {}: decay every parameter, as torch.optim.AdamW(model.parameters()); None: megatron's
+        # defaults (no decay on norms and biases)
+        config_overrides={} if optim.decay_norms_and_biases else None,
     )
 
 

@@ -59,13 +59,16 @@ def lm_forward_step(data_iterator, model, reduction: str = "token_mean"):
     return output, partial(lm_loss, local["loss_mask"], batch["tokens"].shape[0], reduction)
 
 
-def packed_forward(batch: dict, model, *, labels: bool = True):
+def packed_forward(batch: dict, model, *, labels: bool = True, temperature: float | None = None):
     """Forward of one packed row (see tulu_mcore.data.packing): THD with per-document attention and
     RoPE; the PackedSeqParams carry the global document boundaries on every CP rank. Returns the
     model's output for this CP rank's tokens (per-token cross entropy with `labels`, else the head's
-    output) and this rank's slice of the row's per-token tensors."""
+    output) and this rank's slice of the row's per-token tensors. With `temperature`, the cross entropy
+    is of the logits divided by temperature + 1e-7 (as Tülu's RL trainer: log-probs comparable with a
+    sampling engine's)."""
     from megatron.core import parallel_state as ps
     from megatron.core.packed_seq_params import PackedSeqParams
+    from megatron.core.utils import get_attr_wrapped_model
 
     cp, cp_rank = ps.get_context_parallel_world_size(), ps.get_context_parallel_rank()
     device = next(model.parameters()).device
@@ -75,9 +78,21 @@ def packed_forward(batch: dict, model, *, labels: bool = True):
     psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu_p,
                           cu_seqlens_kv_padded=cu_p, max_seqlen_q=batch["max_seqlen"],
                           max_seqlen_kv=batch["max_seqlen"])
+    tempered = labels and temperature is not None
     output = model(input_ids=local["tokens"].to(device), position_ids=None, attention_mask=None,
-                   labels=local["labels"].to(device) if labels else None, packed_seq_params=psp)
+                   labels=local["labels"].to(device) if labels and not tempered else None, packed_seq_params=psp)
+    if tempered and get_attr_wrapped_model(model, "post_process"):  # the last stage returned logits
+        output = tempered_cross_entropy(output, local["labels"].to(device), temperature)
     return output, local
+
+
+def tempered_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """-log softmax(logits / (temperature + 1e-7))[label], logits [b, s, V/tp] split over the tensor-
+    parallel ranks; [b, s]."""
+    from megatron.core import tensor_parallel
+
+    scaled = (logits.float() / (temperature + 1e-7)).transpose(0, 1).contiguous()
+    return tensor_parallel.vocab_parallel_cross_entropy(scaled, labels.transpose(0, 1).contiguous()).transpose(0, 1)
 
 
 def packed_forward_step(data_iterator, model, reduction: str = "sum"):
@@ -119,7 +134,8 @@ def run_schedule(model, microbatches: list[dict], *, seq_length: int, forward_st
     )
 
 
-def forward_outputs(model, microbatches: list[dict], *, seq_length: int, labels: bool = True) -> list | None:
+def forward_outputs(model, microbatches: list[dict], *, seq_length: int, labels: bool = True,
+                    temperature: float | None = None) -> list | None:
     """Forward only, through the pipeline schedule: each packed micro-batch's output on the last
     pipeline stage (per-token cross entropy [1, s] with `labels`, else the head's output [1, s, 1]);
     None on the other stages, which only pass activations on."""
@@ -127,7 +143,7 @@ def forward_outputs(model, microbatches: list[dict], *, seq_length: int, labels:
 
     def step(data_iterator, chunk):
         batch = next(data_iterator)
-        output, _ = packed_forward(batch, chunk, labels=labels)
+        output, _ = packed_forward(batch, chunk, labels=labels, temperature=temperature)
 
         def keep(output_tensor):
             zero = output_tensor.float().sum() * 0.0

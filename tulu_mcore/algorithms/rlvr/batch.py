@@ -23,7 +23,8 @@ from tulu_mcore.data.rlvr import Prompt
 from tulu_mcore.rewards import DATASETS, check, reward
 from tulu_mcore.rollout import Rollout
 
-PerToken = Literal["engine_logps", "old_logps", "ref_logps", "old_values", "advantages", "returns"]
+PerToken = Literal["engine_logps", "old_logps", "ref_logps", "old_values", "advantages", "returns", "loss_weights",
+                   "value_weights"]
 
 
 @dataclass
@@ -44,7 +45,11 @@ class Trajectory:
     old_values: np.ndarray | None = None  # V_old: the value model before this step's updates
     # the algorithm, per response token
     advantages: np.ndarray | None = None
-    returns: np.ndarray | None = None  # PPO: the value model's targets
+    loss_weights: np.ndarray | None = None  # each token's weight in the step's loss (rlvr.loss_aggregation)
+    # PPO's value model, per value position (the response tokens, and with rlvr.score_position=after_eos
+    # the position after EOS where the score sits)
+    returns: np.ndarray | None = None  # the value model's targets
+    value_weights: np.ndarray | None = None
 
     @property
     def response_len(self) -> int:
@@ -69,7 +74,8 @@ class RolloutBatch:
                     engine_logps=np.asarray(r.logprobs, dtype=np.float64), finished=r.finished,
                     weight_version=r.weight_version, dataset=p.dataset, verified=verdict.verified,
                     score=reward(verdict, r.finished, verified_reward=opts.verified_reward,
-                                 no_eos_penalty=opts.no_eos_penalty)))
+                                 non_stop_penalty=opts.non_stop_penalty,
+                                 penalty_reward_value=opts.penalty_reward_value)))
         return cls(out, len(groups[0]) if groups else opts.samples_per_prompt)
 
     # ------------------------------------------------------------------------------ shape
@@ -105,24 +111,41 @@ class RolloutBatch:
             examples.append((t.ids, trained))
         return pack(examples, tr.cfg.train.seq_length, multiple=tr.multiple, pad_id=tr.pad_id, trim=tr.trim_rows)
 
-    def per_token(self, row: PackedRow, field: PerToken) -> torch.Tensor:
-        """[1, T]: each trajectory's `field` at the positions that predict its response tokens, zeros
-        elsewhere."""
+    def per_token(self, row: PackedRow, field: PerToken, *, ones: bool = False) -> torch.Tensor:
+        """[1, T]: each trajectory's `field` at the positions that predict its response tokens (a field
+        longer than the response runs on: one more value sits at the response's last token), zeros
+        elsewhere; with `ones`, 1 where the field has a value (its mask)."""
         arr = torch.zeros_like(row.loss_mask, dtype=torch.float32)
         for d, unit in enumerate(row.units):
             t = self.trajectories[unit]
             start = int(row.cu_seqlens_padded[d]) + t.prompt_len - 1
             vals = torch.as_tensor(getattr(t, field), dtype=torch.float32)
-            arr[0, start:start + len(vals)] = vals
+            arr[0, start:start + len(vals)] = 1.0 if ones else vals
         return arr
 
-    def from_token(self, row: PackedRow, values: torch.Tensor, field: PerToken) -> None:
-        """The inverse of per_token: each trajectory's `field` from the row's values ([1, T])."""
+    def from_token(self, row: PackedRow, values: torch.Tensor, field: PerToken, extra=lambda t: 0) -> None:
+        """The inverse of per_token: each trajectory's `field` from the row's values ([1, T]), its
+        response length + `extra(trajectory)` of them."""
         values = values.reshape(-1)
         for d, unit in enumerate(row.units):
             t = self.trajectories[unit]
             start = int(row.cu_seqlens_padded[d]) + t.prompt_len - 1
-            setattr(t, field, values[start:start + t.response_len].double().cpu().numpy())
+            setattr(t, field, values[start:start + t.response_len + extra(t)].double().cpu().numpy())
+
+    def set_loss_weights(self, rule: str, group_size: int, field: PerToken = "loss_weights",
+                         lengths: list[int] | None = None) -> None:
+        """Each trajectory's per-token weights in one optimizer step's loss (see loss_weights), the
+        step's totals from every data-parallel rank. `lengths`: each trajectory's tokens in that loss
+        (default its response's)."""
+        from megatron.core import parallel_state as ps
+
+        lengths = lengths or [t.response_len for t in self.trajectories]
+        k = group_len(rule, group_size)
+        totals = torch.tensor([sum(lengths), -(-len(lengths) // k) if k else 0], dtype=torch.float64)
+        if k:
+            dist.all_reduce(totals, group=ps.get_data_parallel_group())
+        for t, w in zip(self.trajectories, loss_weights(lengths, rule, group_size, *totals.tolist())):
+            setattr(t, field, w)
 
     # ------------------------------------------------------------------------------ metrics
     def verifier_record(self) -> dict:
@@ -144,6 +167,27 @@ class RolloutBatch:
             "no_eos_rate": no_eos / n,
             "responses": int(n),
         }
+
+
+def group_len(rule: str, group_size: int) -> int | None:
+    """Sequences per group of rlvr.loss_aggregation `rule` (None: one mean over all tokens)."""
+    return {"token_mean": None, "group_token_mean": group_size, "sequence_mean": 1}[rule]
+
+
+def loss_weights(lengths: list[int], rule: str, group_size: int, n_all: float, g_all: float) -> list[np.ndarray]:
+    """Per-token loss weights of sequences of `lengths` tokens (in order), for an optimizer step of
+    `n_all` tokens and `g_all` groups over every data-parallel rank. Megatron divides sum(w * loss) over
+    the step's tokens by n_all, so w = 1 is one token mean (token_mean) and w = n_all / (g_all n_g) the
+    mean over the step's groups of each group's token mean, n_g tokens in group g (group_token_mean:
+    `group_size` consecutive sequences, Tülu's per-micro-batch mean; sequence_mean: one)."""
+    k = group_len(rule, group_size)
+    if k is None:
+        return [np.ones(n) for n in lengths]
+    out = []
+    for i in range(0, len(lengths), k):
+        group = lengths[i:i + k]
+        out += [np.full(n, n_all / (g_all * max(sum(group), 1))) for n in group]
+    return out
 
 
 def is_replica_reporter() -> bool:

@@ -2,18 +2,21 @@
 
 Each step takes ``train.global_batch_size`` prompts (a seeded permutation per epoch, split over data-
 parallel ranks); the rollout engine samples ``rlvr.samples_per_prompt`` responses per prompt; the
-verifiers score them (``rlvr.verified_reward`` when verified; ``rlvr.no_eos_penalty`` replaces the
-score of a response that never ended); advantages are the scores normalised within each prompt's group
-(mean 0, divided by the group's standard deviation). Prompt + response sequences are packed into rows,
-the frozen reference model gives each response token's log-prob, and the policy takes one step on
+verifiers score them (``rlvr.verified_reward`` when verified; with ``rlvr.non_stop_penalty`` a response
+that never ended scores ``rlvr.penalty_reward_value`` instead); advantages are the scores normalised
+within each prompt's group (mean 0, divided by the group's standard deviation + 1e-8). Prompt + response
+sequences are packed into rows, the frozen reference model gives each response token's log-prob, and
+the policy takes ``rlvr.minibatches`` optimizer steps (split by prompts; Tülu 3.1: 2) on
 
-    per token:  -min(r A, clip(r, 1 - ε, 1 + ε) A) + β kl3,   kl3 = exp(ref - logp) - (ref - logp) - 1
+    per token:  -min(r A, clip(r, 1 - ε, 1 + ε) A) + β kl3,   kl3 = expm1(-d) + d,  d = clamp(logp - ref, ±40)
 
-averaged over the response tokens of each optimizer step: ``rlvr.minibatches`` of them per batch of
-rollouts (split by prompts; Tülu 3.1: 2). r = π/π_old is 1 on a single on-policy step; after an
-earlier mini-batch's update, or with rlvr.async_generation (rollouts from the previous weights),
-π_old is the engine's log-prob of the sampled token and the clip matters. Every step records the agreement of the engine's sampling log-probs with the
-trainer's (exact comparison only on-policy).
+aggregated by ``rlvr.loss_aggregation`` (Tülu 3.1: the mean of per-micro-batch token means, micro-
+batches of 2 sequences). r = π/π_old; with ``rlvr.pi_old=trainer`` (Tülu) π_old is the trainer's own
+log-prob before the step's first update: r is exactly 1 on the first mini-batch, and later mini-batches
+read a forward pass taken before any update; ``rlvr.pi_old=engine`` takes the engine's sampling log-
+probs instead (an off-policy correction). Every trainer log-prob divides the logits by
+``rlvr.temperature`` + 1e-7, as the engine's (and Tülu's) do. Every step records the agreement of the
+engine's sampling log-probs with the trainer's (exact comparison only on-policy).
 """
 
 from __future__ import annotations
@@ -27,12 +30,11 @@ import torch
 from tulu_mcore.algorithms.rlvr.driver import RolloutDriver, start_rollouts
 from tulu_mcore.algorithms.rlvr.prompts import load_rlvr_data
 from tulu_mcore.config.schema import RlvrConfig, RunConfig
-from tulu_mcore.errors import UserError
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.setup import current_lr
 from tulu_mcore.training.step import forward_outputs, optimizer_step, packed_forward, reduce_report
 
-REPORT = 5  # loss sum, response tokens, kl3 sum, |engine - trainer| log-prob sum, clipped tokens
+REPORT = 6  # loss sum, response tokens, kl3 sum, |engine - trainer| log-prob sum, clipped tokens, |r - 1| sum
 
 
 def group_advantages(scores: np.ndarray) -> np.ndarray:
@@ -43,12 +45,15 @@ def group_advantages(scores: np.ndarray) -> np.ndarray:
     return (scores - mean) / (std + 1e-8)
 
 
+KL_CLAMP = 40.0  # Tülu 3.1 clamps logp - ref before kl3: one token far from the reference cannot make it inf
+
+
 def grpo_token_loss(logp, old_logp, ref_logp, advantages, *, clip: float, beta: float):
     """Per-token GRPO loss and kl3 (tensors of the same shape)."""
     ratio = torch.exp(logp - old_logp)
     pg = -torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
-    d = ref_logp - logp
-    kl3 = torch.exp(d) - d - 1
+    d = (logp - ref_logp).clamp(-KL_CLAMP, KL_CLAMP)  # no gradient outside the clamp
+    kl3 = torch.expm1(-d) + d
     return pg + beta * kl3, kl3, ratio
 
 
@@ -57,20 +62,20 @@ def grpo_loss(batch: dict, opts: RlvrConfig, output: torch.Tensor):
     logp = -output.float()
     adv = batch["advantages"].to(logp)
     ref = batch["ref_logps"].to(logp)
-    old = batch["old_logps"].to(logp) if "old_logps" in batch else logp.detach()
+    old = batch["old_logps"].to(logp) if "old_logps" in batch else logp.detach()  # ratio exactly 1
     loss, kl3, ratio = grpo_token_loss(logp, old, ref, adv, clip=opts.clip, beta=opts.beta)
-    total = (loss * mask).sum()
+    total = (loss * mask * batch["loss_weights"].to(logp)).sum()
     with torch.no_grad():
         clipped = ((ratio - 1).abs() > opts.clip).float()
         agree = (logp - batch["engine_logps"].to(logp)).abs()
         report = torch.stack([total.detach(), mask.sum(), (kl3 * mask).sum(), (agree * mask).sum(),
-                              (clipped * mask).sum()])
+                              (clipped * mask).sum(), ((ratio - 1).abs() * mask).sum()])
     return total, mask.sum().int(), {"grpo": report}
 
 
 def grpo_forward_step(data_iterator, model, opts: RlvrConfig):
     batch = next(data_iterator)
-    output, _ = packed_forward(batch, model)
+    output, _ = packed_forward(batch, model, temperature=opts.temperature)
     return output, partial(grpo_loss, batch, opts)
 
 
@@ -80,38 +85,46 @@ def grpo_step(tr: TrainingRun, rollouts: RolloutDriver, reference, step: int) ->
     drawn = rollouts.step(step, tr.total_steps)
     batch = drawn.batch
     batch.set_advantages(group_advantages(batch.scores))
-    off_policy = opts.async_generation or opts.minibatches > 1  # π_old is the engine's policy, not this one
     lr = current_lr(tr.optimizer)
-    t_ref = t_opt = 0.0
-    reports, all_rows, ok = [], [], True
-    for part in batch.split(opts.minibatches):  # by prompts
-        t1 = time.time()
-        rows = part.pack(tr)
-        batches = [row.as_batch() for row in rows]
+    t1 = time.time()
+    parts = [(part, part.pack(tr)) for part in batch.split(opts.minibatches)]  # by prompts
+    microbatches = [[row.as_batch() for row in rows] for _, rows in parts]
+    for k, ((part, rows), batches) in enumerate(zip(parts, microbatches)):
+        part.set_loss_weights(opts.loss_aggregation, opts.loss_group_size)
         # the reference's log-prob of every response token (read by the loss, on the last stage)
-        ref = forward_outputs(reference, batches, seq_length=cfg.train.seq_length)
+        ref = forward_outputs(reference, batches, seq_length=cfg.train.seq_length, temperature=opts.temperature)
+        # π_old of a later mini-batch: the policy before this step's first update
+        old = (forward_outputs(tr.model, batches, seq_length=cfg.train.seq_length, temperature=opts.temperature)
+               if opts.pi_old == "trainer" and k > 0 else None)
         for i, (row, mb) in enumerate(zip(rows, batches)):
-            mb.update(advantages=part.per_token(row, "advantages"), engine_logps=part.per_token(row, "engine_logps"))
+            mb.update({f: part.per_token(row, f) for f in ("advantages", "engine_logps", "loss_weights")})
             if ref is not None:
                 mb["ref_logps"] = -ref[i].float()
-            if off_policy:
+            if old is not None:
+                mb["old_logps"] = -old[i].float()
+            if opts.pi_old == "engine":
                 mb["old_logps"] = mb["engine_logps"]
+    t_ref, t_opt = time.time() - t1, 0.0
+    reports, all_rows, ok = [], [], True
+    for (part, rows), batches in zip(parts, microbatches):
         t2 = time.time()
         losses, part_ok, grad_norm = optimizer_step(tr.model, tr.optimizer, batches, seq_length=cfg.train.seq_length,
                                                     forward_step=partial(grpo_forward_step, opts=opts))
         tr.scheduler.step(1)
-        t_ref, t_opt = t_ref + t2 - t1, t_opt + time.time() - t2
+        t_opt += time.time() - t2
         reports.append(reduce_report(losses, "grpo", REPORT))
         all_rows += rows
         ok = ok and part_ok
     pushed = rollouts.push(tr.model, tr.arch)
-    loss, tokens, kl, _, clipped = torch.stack(reports).sum(0).tolist()
+    loss, tokens, kl, _, clipped, ratio_dev = torch.stack(reports).sum(0).tolist()
     first_tokens, agree = reports[0][1].item(), reports[0][3].item()  # before this step's updates
     return {
-        "loss": loss / tokens,
+        "loss": loss / tokens,  # the aggregated loss (rlvr.loss_aggregation), over the mini-batches
         **batch.verifier_record(),
         "kl": kl / tokens,
         "clip_fraction": clipped / tokens,
+        "ratio_dev": ratio_dev / tokens,  # mean |π/π_old - 1|
+        "ratio_dev_first": reports[0][5].item() / first_tokens,  # on the first mini-batch (0 with pi_old=trainer)
         "logprob_abs_diff": agree / first_tokens,  # engine vs trainer, on the sampled tokens
         "grad_norm": grad_norm,
         "lr": lr,
@@ -129,11 +142,8 @@ def run(cfg: RunConfig) -> dict:
     opts = cfg.rlvr
     tr = TrainingRun(cfg, "grpo")
     data = load_rlvr_data(cfg, tr.tokenizer, tr.log, tr.dp_size)
-    if data.per_step % (tr.dp_size * opts.minibatches):
-        raise UserError(f"train.global_batch_size={data.per_step} prompts must divide into rlvr.minibatches="
-                        f"{opts.minibatches} parts on each of {tr.dp_size} data-parallel ranks")
     total = tr.planned_steps(data.steps_per_epoch)
-    model, _, _ = tr.build(total, optimizer_steps=total * opts.minibatches)
+    model, _, _ = tr.build(total, updates_per_step=opts.minibatches)
     reference = tr.build_reference()
     tr.resume(data.key)
     rollouts = start_rollouts(tr, model, data)

@@ -36,21 +36,37 @@ class RlvrData:
 
 
 def load_rlvr_data(cfg: RunConfig, tokenizer, log, dp_size: int) -> RlvrData:
-    per_step = cfg.train.global_batch_size
+    per_step, r = cfg.train.global_batch_size, cfg.rlvr
     if per_step % dp_size:
         raise UserError(f"train.global_batch_size={per_step} prompts must divide over {dp_size} data-parallel ranks")
+    parts = r.minibatches if cfg.recipe.name == "rlvr_grpo" else 1
+    if per_step % (dp_size * parts):
+        raise UserError(f"train.global_batch_size={per_step} prompts must divide into rlvr.minibatches={parts} "
+                        f"parts on each of {dp_size} data-parallel ranks")
+    per_update = per_step // dp_size * r.samples_per_prompt // max(parts, 1)  # sequences per rank per update
+    if r.loss_aggregation == "group_token_mean" and per_update % r.loss_group_size:
+        raise UserError(f"rlvr.loss_aggregation=group_token_mean: each data-parallel rank's {per_update} sequences "
+                        f"per optimizer step must split into groups of rlvr.loss_group_size={r.loss_group_size} "
+                        "(the same groups at every layout); change train.global_batch_size or the group size")
     specs = source_specs(cfg.data.train)
     loaded = load_prompts(specs, on_error=cfg.data.on_error, seed=cfg.data.seed)
     log(f"data: {len(loaded.prompts):,} prompts ({loaded.examples_seen:,} read; skipped: "
         f"{dict(loaded.skipped) or 'none'})")
-    ids = encode_prompts(loaded.prompts, tokenizer)
-    steps_per_epoch = len(loaded.prompts) // per_step
+    prompts, ids = loaded.prompts, encode_prompts(loaded.prompts, tokenizer)
+    limit = cfg.rlvr.max_prompt_tokens
+    if limit is not None:  # as Tülu's dataset filter: longer prompts are dropped, not an error
+        kept = [i for i, x in enumerate(ids) if len(x) <= limit]
+        log(f"data: {len(ids) - len(kept):,} prompts longer than rlvr.max_prompt_tokens={limit} filtered out")
+        prompts, ids = [prompts[i] for i in kept], [ids[i] for i in kept]
+        if not prompts:
+            raise UserError(f"every prompt is longer than rlvr.max_prompt_tokens={limit} tokens")
+    steps_per_epoch = len(prompts) // per_step
     if steps_per_epoch == 0:
-        raise UserError(f"{len(loaded.prompts)} prompts: fewer than one step's train.global_batch_size={per_step}")
+        raise UserError(f"{len(prompts)} prompts: fewer than one step's train.global_batch_size={per_step}")
     longest = max(len(x) for x in ids)
     if longest + cfg.rlvr.max_new_tokens > cfg.train.seq_length:
         raise UserError(f"a prompt of {longest} tokens + rlvr.max_new_tokens={cfg.rlvr.max_new_tokens} does not fit "
                         f"train.seq_length={cfg.train.seq_length}: raise train.seq_length")
     key = fingerprint({"kind": "rlvr", "sources": [source_fingerprint(s) for s in specs],
                        "tokenizer": tokenizer_fingerprint(tokenizer)})
-    return RlvrData(loaded.prompts, ids, key, steps_per_epoch, per_step, cfg.data.seed)
+    return RlvrData(prompts, ids, key, steps_per_epoch, per_step, cfg.data.seed)
