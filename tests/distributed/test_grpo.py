@@ -33,7 +33,8 @@ def test_grpo_resume_continues_exactly(sft_hf, tmp_path):
     run = tmp_path / "run"
     args = ["recipe=rlvr_grpo", f"model.init={sft_hf}", f"run.dir={run}", "runtime.device=cpu",
             "metrics.progress=false", "train.max_steps=4", "train.save_interval=2", "train.global_batch_size=4",
-            "rlvr.samples_per_prompt=4", "rlvr.max_new_tokens=16", "train.export_hf=false"]
+            "rlvr.samples_per_prompt=4", "rlvr.max_new_tokens=24", "train.export_hf=false",
+            "rlvr.non_stop_penalty=true", "rlvr.penalty_reward_value=-10.0"]  # a learning signal in most groups
     train(args, nproc=2)
     straight = {m["step"]: m for m in metrics(run)}
     shutil.rmtree(run / "checkpoints" / "step_00000004")
@@ -45,6 +46,8 @@ def test_grpo_resume_continues_exactly(sft_hf, tmp_path):
         a, b = resumed[step], straight[step]
         assert a["response_length"] == b["response_length"] and a["verified_rate"] == b["verified_rate"]
         assert abs(a["loss"] - b["loss"]) <= 1e-6 + 1e-5 * abs(b["loss"]), (step, a["loss"], b["loss"])
+        assert abs(a["kl"] - b["kl"]) <= 1e-7 + 1e-5 * b["kl"], (step, a["kl"], b["kl"])
+    assert straight[4]["kl"] > 0  # the policy moved: the resumed steps compare something
 
 
 def test_grpo_minibatches_update_between_parts(sft_hf, tmp_path):
@@ -70,17 +73,37 @@ def test_grpo_minibatches_update_between_parts(sft_hf, tmp_path):
     train([*common, f"run.dir={engine}", "rlvr.minibatches=2", "rlvr.pi_old=engine"])
     [c] = metrics(engine)
     assert 0.0 < c["ratio_dev_first"] <= 1e-3 and c["verified_rate"] == b["verified_rate"]
+    # rlvr.loss_aggregation=sequence_mean through megatron's normaliser: on the first step (ratio 1, the
+    # policy is the reference) the loss is -mean over sequences of A, and A sums to 0 within each group
+    # (with the penalty, a group's ended and truncated responses differ in score and in length, so that
+    # the token mean is not 0)
+    longer = [*common, "rlvr.max_new_tokens=48", "rlvr.non_stop_penalty=true", "rlvr.penalty_reward_value=-10.0"]
+    seq, tok = tmp_path / "seq", tmp_path / "tok"
+    train([*longer, f"run.dir={seq}", "rlvr.loss_aggregation=sequence_mean"])
+    train([*longer, f"run.dir={tok}"])
+    [d], [e] = metrics(seq), metrics(tok)
+    assert 0 < d["no_eos_rate"] < 1 and d["response_length"] == e["response_length"], (d, e)
+    assert abs(d["loss"]) < 1e-6 < abs(e["loss"]), (d["loss"], e["loss"])
 
 
-@pytest.mark.parametrize("penalty", [0.0, -10.0])
-def test_non_stop_penalty_replaces_the_score_of_a_truncated_response(tmp_path, penalty):
-    """Every response cut at 2 tokens: with the release's non_stop_penalty each scores
-    penalty_reward_value, so the step's reward_mean is exactly that."""
-    run = tmp_path / "run"
-    train(["recipe=rlvr_grpo", "model=tiny", "train.max_steps=2", "rlvr.max_new_tokens=2", "rlvr.non_stop_penalty=true",
-           f"rlvr.penalty_reward_value={penalty}", f"run.dir={run}", "runtime.device=cpu", "metrics.progress=false",
-           "train.global_batch_size=4", "rlvr.samples_per_prompt=2", "train.export_hf=false"])
-    m = metrics(run)
-    assert [x["step"] for x in m] == [1, 2]
-    for x in m:
-        assert x["no_eos_rate"] == 1.0 and x["reward_mean"] == penalty
+def test_non_stop_penalty_replaces_the_score_of_a_truncated_response(tmp_path):
+    """Every response cut at 2 tokens, every one verified (the released checker's placeholder bug passes
+    any text in tulu3_compat mode): without the penalty each scores 10; with the release's
+    non_stop_penalty each scores penalty_reward_value, so reward_mean is exactly that."""
+    import json
+
+    data = tmp_path / "always_verified.jsonl"
+    row = {"messages": [{"role": "user", "content": "Write a template."}], "dataset": "ifeval",
+           "ground_truth": json.dumps({"func_name": "validate_placeholders", "N": 1})}
+    data.write_text((json.dumps(row) + "\n") * 4)
+    common = ["recipe=rlvr_grpo", "model=tiny", "train.max_steps=2", "rlvr.max_new_tokens=2", f"data.train={data}",
+              "rlvr.tulu3_compat=true", "runtime.device=cpu", "metrics.progress=false", "train.global_batch_size=2",
+              "rlvr.samples_per_prompt=2", "train.export_hf=false"]
+    for extra, want in [([], 10.0), (["rlvr.non_stop_penalty=true", "rlvr.penalty_reward_value=0.0"], 0.0),
+                        (["rlvr.non_stop_penalty=true", "rlvr.penalty_reward_value=-10.0"], -10.0)]:
+        run = tmp_path / f"run{want}"
+        train([*common, *extra, f"run.dir={run}"])
+        m = metrics(run)
+        assert [x["step"] for x in m] == [1, 2]
+        for x in m:
+            assert x["no_eos_rate"] == 1.0 and x["verified_rate"] == 1.0 and x["reward_mean"] == want, (extra, x)

@@ -93,3 +93,32 @@ def test_value_loss_is_half_the_larger_squared_error_times_vf_coef():
     clipped = old + np.clip(vv - old, -0.2, 0.2)
     expected = 0.1 * 0.5 * np.maximum((vv - ret) ** 2, (clipped - ret) ** 2)
     assert total.item() == pytest.approx((expected * w).sum()) and int(n) == 3
+
+
+def test_value_positions_in_a_packed_row():
+    """The value after EOS sits at the EOS token of its own document (its hidden state predicts past the
+    response); per_token writes it, from_token reads it back, and the value mask covers exactly it."""
+    from types import SimpleNamespace
+
+    from tulu_mcore.algorithms.rlvr.batch import RolloutBatch, Trajectory
+
+    def traj(ids, prompt_len):
+        n = len(ids) - prompt_len
+        return Trajectory(ids=np.array(ids), prompt_len=prompt_len, engine_logps=np.zeros(n), finished=True,
+                          weight_version=0, dataset="gsm8k", verified=True, score=10.0)
+
+    batch = RolloutBatch([traj([5, 6, 7, 8, 9], 2), traj([1, 2, 3], 2)], samples_per_prompt=1)
+    n_values = [value_positions(t.response_len, 8, "after_eos") for t in batch.trajectories]  # 3 + 1, 1 + 1
+    batch.trajectories[0].returns, batch.trajectories[1].returns = np.array([1.0, 2, 3, 4]), np.array([5.0, 6])
+    run = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(seq_length=16)), multiple=1, pad_id=0,
+                          trim_rows=True)
+    [row] = batch.pack(run)
+    assert row.cu_seqlens_padded.tolist() == [0, 5, 8]
+    values = batch.per_token(row, "returns")
+    # document 0: prompt 2 -> positions 1..3 predict the response, position 4 (its EOS) holds the 4th value
+    assert values[0].tolist() == [0, 1, 2, 3, 4, 0, 5, 6]
+    assert batch.per_token(row, "returns", ones=True)[0].tolist() == [0, 1, 1, 1, 1, 0, 1, 1]
+    assert row.loss_mask[0].tolist() == [0, 1, 1, 1, 0, 0, 1, 0]  # the policy's tokens: one fewer each
+    extra = {id(t): n - t.response_len for t, n in zip(batch.trajectories, n_values)}
+    batch.from_token(row, values * 2, "old_values", extra=lambda t: extra[id(t)])
+    assert [t.old_values.tolist() for t in batch.trajectories] == [[2, 4, 6, 8], [10, 12]]

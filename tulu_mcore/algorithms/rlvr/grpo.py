@@ -17,6 +17,10 @@ read a forward pass taken before any update; ``rlvr.pi_old=engine`` takes the en
 probs instead (an off-policy correction). Every trainer log-prob divides the logits by
 ``rlvr.temperature`` + 1e-7, as the engine's (and Tülu's) do. Every step records the agreement of the
 engine's sampling log-probs with the trainer's (exact comparison only on-policy).
+
+A difference from the released code, kept on purpose: mini-batches split the rollouts by prompts and
+loss groups are consecutive sequences (a prompt's samples together), where the release drew a fresh
+random permutation of each rank's sequences; so the update does not depend on the layout.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ of the policy on the clipped surrogate -min(ρA, clip(ρ, 1 ± ε) A), ρ = π/�
 model on vf_coef · ½ max((V - R)², (clip(V, V_old ± ε_v) - R)²), each aggregated by
 ``rlvr.loss_aggregation`` over its positions.
 
-Differences from the released Tülu 3 code, kept on purpose: advantages are whitened with the statistics
+Differences from the released Tülu 3 code, kept on purpose (π_old comes from a forward pass before the
+updates, as released, so the first pass's ratio is 1 up to the two passes' numerics): advantages are whitened with the statistics
 of the whole step (all data-parallel ranks) rather than of each rank's share, so the update does not
 depend on the number of ranks; each pass takes the rollouts in order rather than in a fresh random order.
 """
@@ -201,12 +202,12 @@ def ppo_step(tr: TrainingRun, rollouts: RolloutDriver, reference, value: ValueMo
         clipped, approx_kl, v_clipped = clipped + p[2] / p[1], approx_kl + p[3] / p[1], v_clipped + v[2] / v[1]
     t_train = time.time()
     pushed = rollouts.push(tr.model, tr.arch)
-    (loss, tokens, *_), (v_loss, _, _, v_sq) = p, v  # the last pass
+    (loss, tokens, *_), (v_loss, v_positions, _, v_sq) = p, v  # the last pass
     n_epochs = opts.ppo_epochs
     return {
         "loss": loss / tokens,  # the policy's surrogate on the last pass (the first is 0 by whitening)
-        "value_loss": v_loss / tokens,
-        "value_mse": v_sq / tokens,
+        "value_loss": v_loss / v_positions,
+        "value_mse": v_sq / v_positions,
         **batch.verifier_record(),
         "kl": stats[1].item() / tokens,  # kl1 per response token, π_old vs π_ref
         "clip_fraction": clipped / n_epochs,

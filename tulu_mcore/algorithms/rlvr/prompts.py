@@ -68,5 +68,6 @@ def load_rlvr_data(cfg: RunConfig, tokenizer, log, dp_size: int) -> RlvrData:
         raise UserError(f"a prompt of {longest} tokens + rlvr.max_new_tokens={cfg.rlvr.max_new_tokens} does not fit "
                         f"train.seq_length={cfg.train.seq_length}: raise train.seq_length")
     key = fingerprint({"kind": "rlvr", "sources": [source_fingerprint(s) for s in specs],
-                       "tokenizer": tokenizer_fingerprint(tokenizer)})
+                       "tokenizer": tokenizer_fingerprint(tokenizer),
+                       **({"max_prompt_tokens": limit} if limit is not None else {})})  # it changes the prompts
     return RlvrData(prompts, ids, key, steps_per_epoch, per_step, cfg.data.seed)
