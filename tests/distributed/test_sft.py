@@ -23,6 +23,12 @@ CONVERSATION = {"messages": [
 ]}
 
 
+def read_yaml(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
 def sft_args(run_dir, cache, *extra):
     return ["recipe=sft", f"run.dir={run_dir}", f"data.cache_dir={cache}", "runtime.device=cpu",
             "metrics.progress=false", *extra]
@@ -138,6 +144,23 @@ def test_resume_after_sigkill_is_exact(sft_hf, data_cache, tmp_path, layout):
         assert x["lr"] == y["lr"]
 
 
+def test_time_limit_saves_and_stops_before_it(data_cache, tmp_path):
+    """run.time_limit shorter than the run: the run saves and exits before the limit (judging from its
+    measured step and save times); a rerun resumes where it stopped, no step repeated."""
+    run = tmp_path / "run"
+    args = sft_args(run, data_cache, "model=tiny", "train.max_steps=100000", "train.save_interval=100000",
+                    "train.export_hf=false", "run.time_limit=0:30")
+    t0 = time.time()
+    first = train(args, fresh=True)  # a fresh process: the limit counts from the process's start
+    assert time.time() - t0 < 30 and "stopping before run.time_limit" in first.stdout, first.stdout[-2000:]
+    done = len(metrics(run))
+    assert done > 1 and (run / "checkpoints" / f"step_{done:08d}").is_dir()
+    second = train(args, fresh=True)
+    assert f"resumed from {run / 'checkpoints' / f'step_{done:08d}'}" in second.stdout
+    assert [r["step"] for r in metrics(run)] == list(range(1, len(metrics(run)) + 1))  # none repeated
+    assert len(metrics(run)) > done
+
+
 def test_sigterm_on_one_rank_saves_and_stops_all(data_cache, tmp_path):
     run = tmp_path / "run"
     args = sft_args(run, data_cache, "parallel=dp", "train.max_steps=400", "train.save_interval=1000",
@@ -190,10 +213,19 @@ def test_extending_a_finished_run(data_cache, tmp_path):
     train(args + ["train.max_steps=8"], nproc=2)
     assert [r["step"] for r in metrics(run)] == list(range(1, 9))
     assert (run / "hf" / "model.safetensors.index.json").is_file()
-    again = train(args + ["train.max_steps=12"], nproc=2)
-    assert "resumed from" in again.stdout
+    # a key that fixes the data order cannot change on resume unless named in run.allow_changes
+    refused = train(args + ["train.max_steps=12", "train.global_batch_size=16"], nproc=1, check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "train.global_batch_size: 32 -> 16" in refused.stderr and "run.allow_changes=[train.global_batch_size]" \
+        in refused.stderr
+    # a new LR (after a loss spike) applies from the resumed step, said in the log
+    lr = read_yaml(run / "config.yaml")["optim"]["lr"]
+    again = train(args + ["train.max_steps=12", f"optim.lr={lr / 10}"], nproc=2)
+    assert "resumed from" in again.stdout and f"optim.lr changed on resume: {lr!r} -> {lr / 10!r}" in again.stdout
     records = metrics(run)
     assert [r["step"] for r in records] == list(range(1, 13))  # each step once
+    assert 0 < records[8]["lr"] <= lr / 10 < records[7]["lr"]
+    assert len(list((run / "configs").glob("*.yaml"))) == 2  # each start's config kept
     losses = [r["loss"] for r in records]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     for r in records:

@@ -89,6 +89,21 @@ def test_requeued_job_resumes_without_repeating_or_skipping_data(slurm, data_cac
     assert got[-1]["loss"] == pytest.approx(want[-1]["loss"], rel=1e-6)
 
 
+def test_job_saves_before_its_time_limit_and_requeues(slurm, data_cache, tmp_path):
+    """run.time_limit shorter than the run: each window saves and stops in time, leaves its mark, and the
+    job requeues itself until the run is done, every step once."""
+    run = tmp_path / "run"
+    steps = 120  # ~0.2 s each: more than one window of 35 s holds after start-up and the margin
+    job = submit(slurm, sft_job(run, data_cache, f"train.max_steps={steps}", "run.time_limit=35",
+                                "train.global_batch_size=32", "launcher.max_restarts=6", "train.save_interval=1000"))
+    info = slurm.wait(job, timeout=600)
+    log = (run / "logs" / f"slurm-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and int(info.get("Restarts", 0)) >= 1, (info, log[-4000:])
+    assert "stopping before run.time_limit" in log and "requeueing job" in log and "resumed from" in log
+    assert [m["step"] for m in metrics(run)] == list(range(1, steps + 1))  # nothing repeated or skipped
+    assert not (run / "STOPPED_BEFORE_TIME_LIMIT").exists()
+
+
 def test_no_sbatch_on_path_is_one_clear_message(tmp_path):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
     proc = launch(["recipe=sft", "launcher=slurm", f"run.dir={tmp_path / 'run'}"], env=env)

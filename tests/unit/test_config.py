@@ -190,3 +190,128 @@ def test_golden_rl_experiments_print_the_released_settings(experiment, capsys):
         assert r["score_position"] == "after_eos" and r["ppo_epochs"] == 4
     else:
         assert o["lr_schedule"] == "constant" and r["minibatches"] == 2
+
+
+# --- the command line refuses mistakes: unknown options and keys, a group beside an experiment, --config-dir
+
+@pytest.mark.parametrize("group,typo,meant", [
+    ("experiment", "tulu3_8b_sfft", "tulu3_8b_sft"), ("parallel", "tp3", "tp2"), ("model", "llama3_1_8bb", "llama3_1_8b"),
+    ("precision", "bf61", "bf16"), ("recipe", "sfft", "sft"), ("launcher", "slurmm", "slurm")])
+def test_an_unknown_group_option_names_the_choices(group, typo, meant):
+    with pytest.raises(ConfigError) as e:
+        compose([f"{group}={typo}"])
+    (line,) = e.value.problems
+    assert line.startswith(f"unknown {group}={typo} (no {group}/{typo}.yaml in conf/)"), line
+    assert f"did you mean {group}={meant}?" in line and "choose one of " in line and meant in line.split("choose")[1]
+
+
+@pytest.mark.parametrize("main", ["train", "plan", "launch"])
+def test_the_clis_refuse_an_unknown_experiment_in_one_line(main, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"tulu_mcore.cli.{main}").main(["experiment=tulu3_8b_sfft", "recipe=sft"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown experiment=tulu3_8b_sfft"), err
+    assert "did you mean experiment=tulu3_8b_sft?" in err[0] and "Traceback" not in err[0]
+
+
+def test_a_group_beside_an_experiment_wins_for_its_section():
+    from omegaconf import OmegaConf
+
+    from tulu_mcore.config.compose import CONF_DIR
+
+    alone = compose(["experiment=tulu3_8b_sft"])
+    assert (alone.parallel.tp, alone.parallel.sp) == (2, True)  # the experiment's own layout
+    cfg = compose(["experiment=tulu3_8b_sft", "parallel=dp"])
+    assert vars(cfg.parallel) == dict(OmegaConf.load(CONF_DIR / "parallel" / "dp.yaml"))  # tp=1, pp=1, ...
+    # the rest is the experiment's
+    assert (cfg.model.name, cfg.model.init, cfg.optim.lr, cfg.train.global_batch_size, cfg.precision.name) == (
+        alone.model.name, alone.model.init, alone.optim.lr, alone.train.global_batch_size, alone.precision.name)
+    # a list of the experiment's (pipeline_layout) goes too; a launcher keeps the experiment's node count
+    cfg = compose(["experiment=tulu3_405b_sft", "parallel=tp2", "launcher=slurm"])
+    assert (cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp, cfg.parallel.pipeline_layout) == (2, 1, 1, None)
+    assert (cfg.launcher.name, cfg.launcher.nodes) == ("slurm", 32)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["experiment=tulu3_8b_sft", "parallel=dp", "parallel.tp=4", "parallel.sp=true", "train.global_batch_size=64"],
+    ["parallel.tp=4", "parallel.sp=true", "train.global_batch_size=64", "parallel=dp", "experiment=tulu3_8b_sft"]])
+def test_key_overrides_win_over_groups_and_experiments(overrides):
+    cfg = compose(overrides)
+    assert (cfg.parallel.tp, cfg.parallel.sp, cfg.parallel.pp, cfg.train.global_batch_size) == (4, True, 1, 64)
+    assert cfg.optim.lr == 5e-6
+
+
+def test_an_experiments_own_choice_on_the_command_line_changes_nothing():
+    same = compose(["experiment=tulu3_8b_sft", "model=llama3_1_8b", "recipe=sft", "precision=bf16"])
+    assert same == compose(["experiment=tulu3_8b_sft"])
+    assert compose(["experiment=tulu3_8b_sft", "precision=fp32"]).precision.params_dtype == "fp32"
+
+
+def test_another_model_or_recipe_beside_an_experiment_is_refused_unless_said():
+    with pytest.raises(ConfigError) as e:  # the experiment's weights are an 8B's: never dropped silently
+        compose(["experiment=tulu3_8b_sft", "model=llama3_2_1b"])
+    (line,) = e.value.problems
+    assert "model.init=meta-llama/Llama-3.1-8B" in line and "model.init=PATH|HUB_NAME" in line
+    cfg = compose(["experiment=tulu3_8b_sft", "model=llama3_2_1b", "model.init=/ckpt/llama-1b"])
+    assert (cfg.model.name, cfg.model.init, cfg.model.arch.hidden_size, cfg.optim.lr) == (
+        "llama3_2_1b", "/ckpt/llama-1b", 2048, 5e-6)
+    with pytest.raises(ConfigError, match="recipe=dpo does not go with experiment=tulu3_8b_sft.*tulu3_8b_dpo"):
+        compose(["experiment=tulu3_8b_sft", "recipe=dpo"])
+
+
+@pytest.mark.parametrize("override,meant", [
+    ("train.global_batch_sise=8", "train.global_batch_size"), ("+train.global_batch_sise=8", "train.global_batch_size"),
+    ("optim.lrr=1", "optim.lr"), ("lr=1", "optim.lr"), ("train.lr=1", "optim.lr"),
+    ("model.arch.rope_scaling.factr=2", "model.arch.rope_scaling.factor"), ("experimnet=tulu3_8b_sft", "experiment=tulu3_8b_sft")])
+def test_an_unknown_key_names_the_key_meant(override, meant):
+    with pytest.raises(ConfigError) as e:
+        compose([override])
+    (line,) = e.value.problems
+    key = override.lstrip("+").split("=")[0]
+    assert line == f"unknown key {key}: did you mean {meant}?" or line.startswith(f"unknown key {key}: did you mean {meant}? ")
+    assert "+" not in line
+
+
+def test_every_mistake_is_one_line_and_free_keys_pass():
+    with pytest.raises(ConfigError) as e:
+        compose(["optim.lrr=1", "parallel=tp3", "train.seq_length.x=1"])
+    assert len(e.value.problems) == 3 and len(str(e.value).splitlines()) == 3
+    assert "train.seq_length is a value, not a section" in e.value.problems[2]
+    cfg = compose(["+launcher.env.NCCL_IB_HCA=mlx5", "data.train=[a.jsonl,b.jsonl]", "hydra.verbose=false"])
+    assert cfg.launcher.env == {"NCCL_IB_HCA": "mlx5"} and cfg.data.train == ["a.jsonl", "b.jsonl"]
+
+
+def test_a_user_config_dir_comes_before_conf(tmp_path, capsys):
+    from tulu_mcore.cli.launch import train_overrides
+    from tulu_mcore.cli.overrides import parse
+    from tulu_mcore.cli.train import main
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "my_exp.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /recipe: sft\n  - _self_\n"
+        "parallel: {tp: 2}\ntrain: {global_batch_size: 8}\nrun: {dir: runs/my_exp}\n")
+    with pytest.raises(ConfigError, match="unknown experiment=my_exp"):
+        compose(["experiment=my_exp"])
+    cfg = compose(["experiment=my_exp"], config_dirs=[tmp_path])
+    assert (cfg.recipe.name, cfg.parallel.tp, cfg.train.global_batch_size, cfg.run.dir) == ("sft", 2, 8, "runs/my_exp")
+    assert compose(["experiment=my_exp", "parallel=dp"], config_dirs=[tmp_path]).parallel.tp == 1
+    # the CLIs: --config-dir DIR travels with the overrides (made absolute; tulu-launch hands it to the ranks)
+    overrides, _ = parse(["--config-dir", str(tmp_path), "experiment=my_exp"], "tulu-train", "")
+    assert overrides == [f"--config-dir={tmp_path.resolve()}", "experiment=my_exp"]
+    assert compose(overrides) == cfg
+    assert overrides[0] in train_overrides(overrides, tmp_path / "run")
+    main(["--config-dir", str(tmp_path), "experiment=my_exp", "--print-config"])
+    assert "dir: runs/my_exp" in capsys.readouterr().out
+    # searched first: an option of the same name as a built-in one is the user's
+    (tmp_path / "parallel").mkdir()
+    (tmp_path / "parallel" / "dp.yaml").write_text("tp: 2\n")
+    assert compose(["parallel=dp"], config_dirs=[tmp_path]).parallel.tp == 2
+    # a mistake in the user's file names the key meant; a missing directory is refused
+    (tmp_path / "experiment" / "bad.yaml").write_text("# @package _global_\ntrain: {global_batch_sise: 8}\n")
+    with pytest.raises(UserError, match="unknown key train.global_batch_sise: did you mean train.global_batch_size"):
+        compose(["experiment=bad"], config_dirs=[tmp_path])
+    with pytest.raises(UserError, match="--config-dir .*nowhere: no such directory"):
+        compose([f"--config-dir={tmp_path / 'nowhere'}"])

@@ -62,6 +62,8 @@ srun --kill-on-bad-exit=1 --wait=60 --container-image='nvcr.io#nvidia/pytorch:25
 STEP=$!
 # wait returns early when a trapped signal arrives: wait again until the step has ended
 while wait "$STEP"; RC=$?; kill -0 "$STEP" 2>/dev/null; do :; done
+# a trainer that saved and stopped before its time limit (run.time_limit) leaves STOPPED_BEFORE_TIME_LIMIT
+if [ -f /lustre/runs/405b/STOPPED_BEFORE_TIME_LIMIT ]; then rm -f /lustre/runs/405b/STOPPED_BEFORE_TIME_LIMIT; REQUEUE=1; fi
 if [ "$REQUEUE" = 1 ] && [ "$RC" = 0 ]; then
   if [ "$RESTART" -lt 3 ]; then
     echo "[tulu-launch] requeueing job $SLURM_JOB_ID (restart $((RESTART + 1)))"

@@ -4,8 +4,9 @@ A checkpoint directory holds megatron's files (``metadata.json``, ``.metadata``,
 ``common.pt``) plus ``tulu_mcore.json``: the architecture, the dtype, and the original HF
 ``config.json`` when the weights came from one, so that export can reproduce it exactly. Tokenizer and
 generation files travel in ``hf/`` beside them. Training checkpoints add the optimizer (sharded,
-``fully_reshardable``), small common state (schedule, step, data cursor: ``common.pt``) and each rank's
-RNG state (``rng/``).
+``fully_reshardable``), small common state (schedule, step, data cursor: inside the DCP files) and each
+rank's RNG state (``rng/``). Loading reads every pickle among these files through an allow-list of what
+is written here (`tulu_mcore.checkpoint.unpickle`): a crafted checkpoint is refused, not run.
 
 Writes are atomic: everything goes into ``<dir>.partial`` and is renamed into place at the end, so an
 interrupted save never leaves a directory that looks complete.
@@ -24,6 +25,7 @@ import torch.distributed as dist
 
 from tulu_mcore import __version__
 from tulu_mcore.arch import LlamaArch
+from tulu_mcore.checkpoint import unpickle
 from tulu_mcore.errors import CheckpointError
 
 META_FILE = "tulu_mcore.json"
@@ -129,7 +131,7 @@ def save_checkpoint(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torc
     _save(state, tmp)
     if per_rank is not None:
         (tmp / "rng").mkdir(exist_ok=True)
-        torch.save(per_rank, tmp / "rng" / f"rank_{_rank():05d}.pt")
+        torch.save(unpickle.encode(per_rank), tmp / "rng" / f"rank_{_rank():05d}.pt")
     _barrier()
     if _rank() == 0:
         meta = {
@@ -197,12 +199,15 @@ def load_checkpoint(chunks, ckpt_dir: str | Path, optimizer=None) -> dict:
     checkpoint's common state and this rank's per-rank state (None when the world size changed)."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.core import CheckpointingException
+    from torch.distributed.checkpoint.api import CheckpointException as DCPException
 
     from tulu_mcore.checkpoint import optimizer as opt_fix
     from tulu_mcore.models.factory import unwrap
     from tulu_mcore.models.heads import head_of
 
     meta = read_meta(ckpt_dir)
+    unpickle.install()  # every pickle below is read through an allow-list (see unpickle.py)
+    unpickle.check_metadata(ckpt_dir)
     sharded = sharded_model_state(chunks)
     model_keys = list(sharded)
     # a reward model starts from a language model's body: its scalar head keeps its initial weights
@@ -227,12 +232,15 @@ def load_checkpoint(chunks, ckpt_dir: str | Path, optimizer=None) -> dict:
         sharded["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=opt_fix.SHARDING)
     try:
         loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
+    except DCPException as e:  # torch DCP wraps what its reader raised (a refused pickle among them)
+        raise unpickle.unwrap_dcp_error(e, ckpt_dir) from None
     except CheckpointingException as e:
         raise CheckpointError(f"{ckpt_dir}: {str(e).splitlines()[0]}") from None
     except KeyError as e:  # the optimizer state asked for is not in the checkpoint
         raise CheckpointError(f"{ckpt_dir}: no {e.args[0]} in the checkpoint (a weights-only checkpoint "
                               "cannot resume training; use it as model.init instead)") from None
     for key, chunk in zip(model_keys, chunks):
+        unpickle.check_extra_state(loaded[key], ckpt_dir)
         missing, unexpected = unwrap(chunk).load_state_dict(loaded[key], strict=False)
         missing = [k for k in missing if not k.endswith("_extra_state")
                    and not (skip_head and k.startswith("output_layer."))]
@@ -242,6 +250,7 @@ def load_checkpoint(chunks, ckpt_dir: str | Path, optimizer=None) -> dict:
                 f"unexpected {unexpected[:3]})"
             )
     if optimizer is not None:
+        opt_fix.follow_current_lr(optimizer, loaded["optimizer"])  # a resume with another optim.lr
         optimizer.load_state_dict(loaded["optimizer"])
         opt_fix.unshare_steps(optimizer)
     common = {k: v for k, v in loaded.items() if k not in model_keys and k != "optimizer"}
@@ -249,5 +258,5 @@ def load_checkpoint(chunks, ckpt_dir: str | Path, optimizer=None) -> dict:
     world = dist.get_world_size() if dist.is_initialized() else 1
     per_rank = None
     if rank_file.is_file() and meta.get("world_size") == world:
-        per_rank = torch.load(rank_file, weights_only=False)
+        per_rank = unpickle.decode(unpickle.torch_load(rank_file, rank_file, numpy_arrays=True), rank_file)
     return {"common": common, "per_rank": per_rank}

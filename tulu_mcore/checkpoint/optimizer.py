@@ -72,3 +72,24 @@ def unshare_steps(optimizer) -> None:
         for st in opt.optimizer.state.values():
             if torch.is_tensor(st.get("step")):
                 st["step"] = st["step"].clone()
+
+
+def follow_current_lr(optimizer, state: dict | list) -> None:
+    """A resume with another optim.lr or optim.min_lr: megatron pairs saved and current param groups by a
+    tuple of per-group settings that includes ``max_lr`` and ``min_lr`` (a KeyError when they changed).
+    The saved groups take the current groups' values (matched on the rest of the tuple), so the new
+    schedule applies from the resumed step; the Adam states are untouched."""
+    from megatron.core.optimizer.optimizer import param_group_identifier_keys
+
+    lr_keys = ("max_lr", "min_lr")
+    rest = [k for k in param_group_identifier_keys if k not in lr_keys]
+
+    def key(group: dict) -> tuple:
+        return tuple(group.get(k, group.get(f"pre_{k}")) for k in rest)
+
+    current = {key(g): {k: g.get(k) for k in lr_keys} for g in optimizer.param_groups}
+    for sd in state if isinstance(state, list) else [state]:
+        inner = sd.get("optimizer", sd) if isinstance(sd, dict) else {}
+        for group in inner.get("param_groups", []) if isinstance(inner, dict) else []:
+            if key(group) in current:
+                group.update(current[key(group)])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from tulu_mcore.checkpoint import unpickle
 from tulu_mcore.checkpoint.dist import read_meta
 from tulu_mcore.errors import CheckpointError
 
@@ -23,9 +24,12 @@ class CheckpointReader:
 
         self.path = Path(ckpt_dir)
         self.meta = read_meta(self.path)
+        unpickle.install()  # .metadata through an allow-list
         self._reader = FileSystemReader(str(self.path))
         try:
             md = self._reader.read_metadata()
+        except CheckpointError:
+            raise
         except Exception as e:  # a truncated or foreign .metadata pickle
             raise CheckpointError(f"{self.path / '.metadata'}: unreadable ({type(e).__name__}: {e})") from None
         self._tensors = {

@@ -244,6 +244,12 @@ class PlanConfig:
 @dataclass
 class RunSection:
     dir: str = "runs/default"  # checkpoints, metrics.jsonl, config.yaml, hf/; rerunning resumes here
+    # keys that fix the data order or what a step is (train.global_batch_size, data.*, ...) which a
+    # resume may change all the same; any other such change is refused
+    allow_changes: list[str] = field(default_factory=list)
+    # save and stop when the next step and a save would not finish in time: seconds, MM:SS, HH:MM:SS or
+    # D-HH:MM:SS from the process's start; under Slurm, when unset, the job's end time
+    time_limit: Any = None
 
 
 @dataclass

@@ -151,7 +151,7 @@ def verify(a: VerifyArgs, tol: float | None = None) -> tuple[dict, bool]:
                 raise UserError("\n".join(e.removeprefix("error: ") for e in errors))
             sys.stderr.write(proc.stderr[-6000:])
             raise SystemExit(1)
-        got = torch.load(out)
+        got = torch.load(out, weights_only=True)  # tensors only, written by its own ranks
     tokens = prompt_tokens(a.hf_dir, hf.arch.vocab_size, a.length)
     ref = reference_logits(a, tokens, a.dtype)
     logits = got["logits"]

@@ -161,9 +161,9 @@ def load(path: Path) -> TokenizedData:
     meta = json.loads((path / "meta.json").read_text())
     return TokenizedData(
         path=path,
-        tokens=np.load(path / "tokens.npy", mmap_mode="r"),
-        trained=np.load(path / "trained.npy", mmap_mode="r"),
-        offsets=np.load(path / "offsets.npy"),
+        tokens=np.load(path / "tokens.npy", mmap_mode="r", allow_pickle=False),  # plain arrays, never pickles
+        trained=np.load(path / "trained.npy", mmap_mode="r", allow_pickle=False),
+        offsets=np.load(path / "offsets.npy", allow_pickle=False),
         meta=meta,
     )
 

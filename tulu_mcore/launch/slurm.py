@@ -56,6 +56,7 @@ ENV_PROFILES: dict[str, dict[str, str]] = {
 }
 PROCESS_MODELS = ("srun_per_rank", "torchrun_per_node")
 TRAIN_MODULE = "tulu_mcore.cli.train"
+TIME_LIMIT_MARK = "STOPPED_BEFORE_TIME_LIMIT"  # in run.dir: the trainer saved and stopped in time; requeue
 SUBMIT_DIR = '"$SLURM_SUBMIT_DIR"'  # the working directory of a script rendered with workdir=None
 
 
@@ -160,6 +161,8 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
         "STEP=$!",
         "# wait returns early when a trapped signal arrives: wait again until the step has ended",
         'while wait "$STEP"; RC=$?; kill -0 "$STEP" 2>/dev/null; do :; done',
+        f"# a trainer that saved and stopped before its time limit (run.time_limit) leaves {TIME_LIMIT_MARK}",
+        f'if [ -f {q(str(run_dir / TIME_LIMIT_MARK))} ]; then rm -f {q(str(run_dir / TIME_LIMIT_MARK))}; REQUEUE=1; fi',
         'if [ "$REQUEUE" = 1 ] && [ "$RC" = 0 ]; then',
         f'  if [ "$RESTART" -lt {lc.max_restarts} ]; then',
         '    echo "[tulu-launch] requeueing job $SLURM_JOB_ID (restart $((RESTART + 1)))"',

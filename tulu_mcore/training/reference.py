@@ -119,7 +119,8 @@ class ReferenceCache:
 
     @classmethod
     def load(cls, path: Path, data: TokenizedData) -> "ReferenceCache":
-        logps, counts = np.load(path / "logps.npy"), np.load(path / "counts.npy")
+        logps = np.load(path / "logps.npy", allow_pickle=False)  # plain arrays, never pickles
+        counts = np.load(path / "counts.npy", allow_pickle=False)
         expected = np.array([[int(data.example(2 * i + j)[1][1:].sum()) for j in (0, 1)] for i in range(data.units)])
         if logps.shape != (data.units, 2) or not np.array_equal(counts, expected):
             raise UserError(f"{path}: the reference cache does not match the data's pairs (corrupt or "

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -25,10 +26,13 @@ from tulu_mcore.data.sources import env_cache_dir, source_specs
 from tulu_mcore.data.tokenizer import load_tokenizer, tokenizer_files
 from tulu_mcore.dtypes import TORCH_DTYPES
 from tulu_mcore.errors import UserError
+from tulu_mcore.launch.slurm import TIME_LIMIT_MARK
 from tulu_mcore.metrics.flops import peak_flops, training_flops
 from tulu_mcore.metrics.logger import MetricsLogger
 from tulu_mcore.models.factory import build_model
+from tulu_mcore.training.deadline import Deadline
 from tulu_mcore.training.init import load_init_weights, resolve_init, tokenizer_path
+from tulu_mcore.training.resume import check_changes, snapshot
 from tulu_mcore.training.setup import build_optimizer, build_scheduler, recompute_overrides, wrap_for_training
 from tulu_mcore.training.state import StopRequest, rng_state, set_rng_state
 
@@ -58,6 +62,7 @@ class TrainingRun:
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         # from the start: a SIGUSR1 during start-up would otherwise kill the process (its default action)
         self.stop = StopRequest()
+        self.deadline = Deadline(cfg.run.time_limit, psutil.Process().create_time())
         self.ckpts = RunCheckpointer(self.run_dir, cfg.train.keep_last)
         self.latest = self.ckpts.latest()  # resuming: weights come from there, not from model.init
         # saved before the policy at each checkpoint (PPO's value model): the policy's `latest` then
@@ -165,6 +170,8 @@ class TrainingRun:
             if common["data_key"] != data_key:
                 raise UserError(f"{self.run_dir} was trained on other data (or another tokenizer or length "
                                 "limit); use a new run.dir, or the data it was started with")
+            for line in check_changes(common.get("config"), self.cfg, str(self.latest)):
+                self.log(line)
             start = int(common["step"])
             self.scheduler.load_state_dict(common["scheduler"])
             if state["per_rank"] is not None:
@@ -179,7 +186,11 @@ class TrainingRun:
         cfg = self.cfg
         if self.rt.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            text = to_yaml(cfg)
+            (self.run_dir / "config.yaml").write_text(text)  # the latest; each start's in configs/
+            history = self.run_dir / "configs"
+            history.mkdir(exist_ok=True)
+            (history / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-step{start}.yaml").write_text(text)
             if self.init.kind != "none" and cfg.optim.lr > 1e-4:
                 self.log(f"warning: optim.lr={cfg.optim.lr:g} is a tiny demo's; pretrained Llamas train at "
                          "~1e-7..1e-5 (the Tülu 3 numbers: the tulu3_* experiments)")
@@ -235,13 +246,24 @@ class TrainingRun:
         self.metrics.log({"step": step, **record})
         self.first = record["loss"] if self.first is None else self.first
         self.last = record["loss"]
-        stopped = self.stop.requested(self.device)
+        now = time.time()
+        step_s, self.step_ended = now - getattr(self, "step_ended", self.t_start), now
+        late = step < self.total_steps and self.deadline.too_close(step_s)
+        stopped = self.stop.requested(self.device, also=late)
         if stopped or step == self.total_steps or step % self.cfg.train.save_interval == 0:
+            t0 = time.time()
             self.save(step, cursor)
-        if stopped:
+            self.deadline.saved(time.time() - t0)
+        if stopped and late:
+            if self.rt.is_main:  # a Slurm job requeues itself on it
+                (self.run_dir / TIME_LIMIT_MARK).write_text(f"saved after step {step}\n")
+            self.log(f"stopping before {self.deadline.source} ({self.deadline.left():.0f} s left; a step takes "
+                     f"~{step_s:.0f} s, a save ~{self.deadline.save_s:.0f} s): checkpoint saved after step {step}; "
+                     "rerun the same command to resume")
+        elif stopped:
             self.log(f"stopping on {self.stop.name()} after step {step}: checkpoint saved; rerun the same "
                      "command to resume")
-        self.stopped = stopped
+        self.stopped = "time_limit" if stopped and late else stopped
         return stopped
 
     def save(self, step: int, cursor: dict | None = None) -> Path:
@@ -252,7 +274,7 @@ class TrainingRun:
             arch=self.arch, dtype=TORCH_DTYPES[self.cfg.precision.params_dtype], hf_config=self.init.hf_config,
             side_files=tokenizer_files(self.tokenizer), extra={"head": self.head},
             common={"step": step, "scheduler": self.scheduler.state_dict(), "data_key": self.data_key,
-                    "cursor": cursor or {}},
+                    "cursor": cursor or {}, "config": snapshot(self.cfg)},
         )
 
     # ---------------------------------------------------------------------------------- the end

@@ -51,8 +51,9 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
-    def requested(self, device: str = "cpu") -> bool:
-        flag = torch.tensor([1 if self.received is not None else 0], device=device)
+    def requested(self, device: str = "cpu", also: bool = False) -> bool:
+        """Whether any rank received a stop signal (or has its own reason: `also`)."""
+        flag = torch.tensor([1 if self.received is not None or also else 0], device=device)
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

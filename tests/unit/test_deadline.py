@@ -1,0 +1,38 @@
+"""run.time_limit: the durations it reads, the Slurm job's end when unset, and when the next step and a
+save no longer fit."""
+
+import time
+
+import pytest
+
+from tulu_mcore.errors import UserError
+from tulu_mcore.training.deadline import MARGIN_S, Deadline, parse_duration, slurm_end_time
+
+
+@pytest.mark.parametrize("text,seconds", [(90, 90), ("90", 90), ("1:30", 90), ("01:00:00", 3600),
+                                          ("1-12:00:00", 129600), ("0:45", 45)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "1:2:3:4", "-5", "1h"])
+def test_bad_duration_is_one_clear_error(bad):
+    with pytest.raises(UserError, match="run.time_limit"):
+        parse_duration(bad)
+
+
+def test_slurm_end_time_from_the_job(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    assert slurm_end_time() is None and Deadline(None, time.time()).end is None
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "2000000000")
+    d = Deadline(None, time.time())
+    assert d.end == 2_000_000_000 and d.source == "the Slurm job's time limit"
+
+
+def test_too_close_counts_a_step_and_a_save():
+    d = Deadline(100, time.time() - 50)  # 50 s left
+    assert not d.too_close(10.0)  # 10 + 10 + margin fits
+    d.saved(35.0)
+    assert d.too_close(10.0)  # 10 + 35 + margin does not
+    assert 50 - d.left() < 2 and MARGIN_S > 0
