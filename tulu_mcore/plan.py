@@ -26,6 +26,7 @@ FLOPs at the stated MFU, the bubble that of the pipeline schedule.
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ from omegaconf import OmegaConf
 
 from tulu_mcore.arch import Layout, LlamaArch
 from tulu_mcore.config.compose import CONF_DIR, compose
+from tulu_mcore.config.durations import parse_duration
 from tulu_mcore.config.schema import RunConfig
 from tulu_mcore.metrics.flops import PEAK_FLOPS, flops_per_token
 
@@ -237,6 +239,34 @@ def advice(cfg: RunConfig, lay: Layout, mem: dict[str, float], capacity: float) 
     return tips
 
 
+def run_length(plan: Plan, cfg: RunConfig) -> list[str]:
+    """The whole run's wall time at the plan's step time, the Slurm jobs it takes at launcher.time, and a
+    warning when one step or one save interval does not fit a job."""
+    lc, step = cfg.launcher, plan.step_time_s
+    limit = parse_duration(lc.time, "launcher.time", slurm=True)
+    usable = max(limit - lc.signal_seconds, 1.0)  # the trainers stop and save at the warning
+    rl = " (training only: RL generation is not counted)" if cfg.recipe.name.startswith("rlvr") else ""
+    lines = []
+    if cfg.train.max_steps:
+        total = cfg.train.max_steps * step
+        jobs = math.ceil(total / usable)
+        lines.append(f"run: {cfg.train.max_steps:,} steps x {step:.1f} s = {total / 3600:.1f} h{rl}; at "
+                     f"launcher.time={lc.time}: {jobs} job(s), {jobs - 1} requeue(s)"
+                     + (f" (more than launcher.max_restarts={lc.max_restarts}: raise it or launcher.time)"
+                        if jobs - 1 > lc.max_restarts else ""))
+    else:
+        lines.append(f"run: train.epochs={cfg.train.epochs} over the data (steps = examples / batch x epochs; set "
+                     f"train.max_steps for the run's wall time){rl}")
+    if step > usable:
+        lines.append(f"warning: one step ({step:.0f} s) is longer than launcher.time={lc.time} less the "
+                     f"{lc.signal_seconds} s warning: raise launcher.time")
+    elif cfg.train.save_interval * step > usable:
+        lines.append(f"warning: a save every {cfg.train.save_interval} steps ({cfg.train.save_interval * step / 3600:.1f} h)"
+                     f" is longer than launcher.time={lc.time}: the run saves on Slurm's warning or at run.time_limit "
+                     "anyway; lower train.save_interval to lose less on a crash")
+    return lines
+
+
 def report(plan: Plan, cfg: RunConfig) -> str:
     lay = plan.layout
     lines = [
@@ -247,11 +277,12 @@ def report(plan: Plan, cfg: RunConfig) -> str:
         "memory per GPU (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in plan.memory.items())
         + f"; peak {plan.peak_gib:.2f} of {plan.capacity_gib:g}",
         f"step: {plan.tokens_per_step:,} tokens, {plan.flops_per_step / 1e15:.1f} PFLOP; "
-        f"{plan.step_time_s:.2f} s at {plan.mfu:.0%} MFU",
+        f"{plan.step_time_s:.2f} s at {plan.mfu * 100:g}% MFU",
     ]
     if plan.engine_gpus:
         lines.append(f"GPUs: {plan.gpus} for the trainer + {plan.engine_gpus} for the vLLM engine "
                      f"(rlvr.vllm.tp={cfg.rlvr.vllm.tp}) = {plan.gpus + plan.engine_gpus}")
+    lines += run_length(plan, cfg)
     lines += [f"to fit: {a}" for a in plan.advice]
     lines.append(f"params_total={plan.params_total}")
     lines.append(f"fits={'true' if plan.fits else 'false'} peak_gib={plan.peak_gib:.2f} "

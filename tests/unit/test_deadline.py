@@ -6,13 +6,20 @@ import time
 import pytest
 
 from tulu_mcore.errors import UserError
-from tulu_mcore.training.deadline import MARGIN_S, Deadline, parse_duration, slurm_end_time
+from tulu_mcore.config.durations import parse_duration
+from tulu_mcore.training.deadline import MARGIN_S, Deadline, slurm_end_time
 
 
 @pytest.mark.parametrize("text,seconds", [(90, 90), ("90", 90), ("1:30", 90), ("01:00:00", 3600),
                                           ("1-12:00:00", 129600), ("0:45", 45)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 5400), ("1:30", 90), ("04:00:00", 14400), ("2-00:00:00", 172800),
+                                          ("1-12", 129600), ("1-12:30", 131400)])
+def test_slurm_durations(text, seconds):  # Slurm's --time: a bare number is minutes
+    assert parse_duration(text, "launcher.time", slurm=True) == seconds
 
 
 @pytest.mark.parametrize("bad", ["soon", "1:2:3:4", "-5", "1h"])

@@ -235,7 +235,9 @@ class PlanConfig:
     # tulu-plan (and tulu-launch's check before submitting)
     gpus: int | None = None  # default launcher.nodes x launcher.ranks_per_node
     gpu_memory_gib: float = 80.0  # H100 80GB
-    mfu: float = 0.40  # the model-FLOPs utilisation the step time is stated at
+    # the model-FLOPs utilisation the step time is stated at: 9.5 % measured (Llama-3.2-1B-shaped packed SFT,
+    # one H100, benchmarks/2026-11-25-sft.md); set your own measured figure
+    mfu: float = 0.095
     tokens_per_sequence: int | None = None  # average sequence length for FLOPs (default data.max_seq_len or
     # train.seq_length: an upper bound for packed data)
     value_arch: str | None = None  # PPO: the value model's preset (conf/model) when it is not the policy's

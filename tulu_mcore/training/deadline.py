@@ -9,27 +9,9 @@ import os
 import subprocess
 import time
 
-from tulu_mcore.errors import UserError
+from tulu_mcore.config.durations import parse_duration
 
 MARGIN_S = 10.0  # the exit itself, a slow last step
-
-
-def parse_duration(text) -> float:
-    """Seconds of a Slurm-style duration: 90, "90", "1:30", "01:00:00", "1-12:00:00"."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    s = str(text).strip()
-    try:
-        if s.startswith("-"):
-            raise ValueError
-        days, _, rest = s.rpartition("-")
-        parts = [float(p) for p in rest.split(":")]
-        if len(parts) > 3 or any(p < 0 for p in parts):
-            raise ValueError
-        seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
-        return seconds + (float(days) * 86400 if days else 0.0)
-    except ValueError:
-        raise UserError(f"run.time_limit={text!r}: give seconds, MM:SS, HH:MM:SS or D-HH:MM:SS") from None
 
 
 def slurm_end_time() -> float | None:
