@@ -312,7 +312,7 @@ LENT = (("precision", "any"), ("train.seq_length", "any"), ("data.max_seq_len", 
         ("plan.gpus", "any"),
         ("rlvr.engine", "family"), ("rlvr.vllm.tp", "family"), ("launcher.engine_nodes", "family"),
         ("rlvr.samples_per_prompt", "exact"), ("rlvr.ppo_epochs", "exact"), ("rlvr.minibatches", "exact"),
-        ("plan.value_arch", "exact"))
+        ("plan.value_arch", "exact"), ("train.max_steps", "exact"), ("train.save_interval", "exact"))
 # The keys of a question that say a lent key: the launcher's size is a GPU count too; a data.max_seq_len
 # lent without the row it was sized for could contradict the user's own train.seq_length
 SAID_BY = {"plan.gpus": ("plan.gpus", "launcher.nodes", "launcher.ranks_per_node"),
