@@ -315,3 +315,21 @@ def test_a_user_config_dir_comes_before_conf(tmp_path, capsys):
         compose(["experiment=bad"], config_dirs=[tmp_path])
     with pytest.raises(UserError, match="--config-dir .*nowhere: no such directory"):
         compose([f"--config-dir={tmp_path / 'nowhere'}"])
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.seq_length=-1", "train.seq_length=-1"), ("optim.lr=nan", "optim.lr=nan must be a finite number"),
+    ("optim.lr=inf", "optim.lr=inf must be a finite number"), ("train.global_batch_size=0", "must be >= 1"),
+    ("data.train=[{path:builtin:sft-demo,max_examples:-1}]", "max_examples=-1 must be a whole number >= 1")])
+def test_impossible_numbers_are_refused(override, needle):
+    with pytest.raises(UserError, match=None) as e:
+        validate(compose(["recipe=sft", override]), 1, device="cpu")
+    assert needle in str(e.value)
+
+
+def test_a_run_dir_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError) as e:
+        validate(compose(["recipe=sft", f"run.dir={f}"]), 1, device="cpu")
+    assert "is a file, not a directory" in str(e.value)

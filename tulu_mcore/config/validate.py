@@ -7,6 +7,10 @@ them are reported together, so that a user fixes a config in one pass rather tha
 from __future__ import annotations
 
 import importlib.util
+import math
+from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from tulu_mcore.arch import Layout, even_segments
 from tulu_mcore.config.schema import (
@@ -228,6 +232,18 @@ def _check_training(cfg: RunConfig, err) -> None:
     _choice(err, "optim.lr_schedule", o.lr_schedule, LR_SCHEDULES)
     _choice(err, "train.recompute", t.recompute, RECOMPUTE)
     _choice(err, "data.on_error", d.on_error, ON_ERROR)
+    for key in ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad", "warmup_ratio"):
+        if not math.isfinite(float(getattr(o, key))):
+            err(f"optim.{key}={getattr(o, key)} must be a finite number")
+    if t.seq_length < 1 or t.global_batch_size < 1 or t.micro_batch_size < 1:
+        err(f"train.seq_length={t.seq_length}, train.global_batch_size={t.global_batch_size} and "
+            f"train.micro_batch_size={t.micro_batch_size} must be >= 1")
+    for item in d.train if isinstance(d.train, (list, tuple)) or OmegaConf.is_list(d.train) else []:
+        cap = item.get("max_examples") if hasattr(item, "get") else None
+        if cap is not None and (not isinstance(cap, int) or cap < 1):
+            err(f"data.train entry {item.get('path')!r}: max_examples={cap} must be a whole number >= 1 (or absent)")
+    if Path(cfg.run.dir).exists() and not Path(cfg.run.dir).is_dir():
+        err(f"run.dir={cfg.run.dir} is a file, not a directory: name a directory (new or a run's)")
     if not 0.0 <= o.warmup_ratio < 1.0:
         err(f"optim.warmup_ratio={o.warmup_ratio} must be in [0, 1)")
     if o.lr < 0 or o.min_lr < 0 or o.min_lr > o.lr:

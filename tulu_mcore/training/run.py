@@ -32,6 +32,7 @@ from tulu_mcore.metrics.logger import MetricsLogger
 from tulu_mcore.models.factory import build_model
 from tulu_mcore.training.deadline import Deadline
 from tulu_mcore.training.init import load_init_weights, resolve_init, tokenizer_path
+from tulu_mcore.training.lock import lock_run_dir
 from tulu_mcore.training.resume import check_changes, snapshot
 from tulu_mcore.training.setup import build_optimizer, build_scheduler, recompute_overrides, wrap_for_training
 from tulu_mcore.training.state import StopRequest, rng_state, set_rng_state
@@ -41,6 +42,7 @@ class TrainingRun:
     def __init__(self, cfg: RunConfig, name: str):
         from megatron.core import parallel_state as ps
 
+        MetricsLogger.require_packages(cfg.metrics)  # TensorBoard / W&B if asked for: before any work
         self.cfg, self.name = cfg, name
         self.run_dir = Path(cfg.run.dir)
         self.init = resolve_init(cfg.model)
@@ -63,6 +65,7 @@ class TrainingRun:
         # from the start: a SIGUSR1 during start-up would otherwise kill the process (its default action)
         self.stop = StopRequest()
         self.deadline = Deadline(cfg.run.time_limit, psutil.Process().create_time())
+        self.unlock = lock_run_dir(self, self.run_dir, self.rt.is_main, self.log)  # before anything is read there
         self.ckpts = RunCheckpointer(self.run_dir, cfg.train.keep_last)
         self.latest = self.ckpts.latest()  # resuming: weights come from there, not from model.init
         # saved before the policy at each checkpoint (PPO's value model): the policy's `latest` then
@@ -199,6 +202,7 @@ class TrainingRun:
         self.start = start
         self.metrics = MetricsLogger(self.run_dir, start_step=start, total_steps=self.total_steps,
                                      tensorboard=cfg.metrics.tensorboard, progress=cfg.metrics.progress,
+                                     config=cfg,  # W&B, rollout samples, plots (metrics/)
                                      enabled=self.rt.is_main, name=self.name)
         dev = torch.cuda.get_device_name() if self.device == "cuda" else ""
         self.peak = peak_flops(dev, "fp8" if cfg.precision.fp8 else "bf16") if dev else None
@@ -293,5 +297,6 @@ class TrainingRun:
         if step > self.start:
             self.log(f"trained steps {self.start + 1}..{step} of {self.total_steps} in "
                      f"{time.time() - self.t_start:.0f}s; loss {self.first:.4f} -> {self.last:.4f}")
+        self.unlock()
         runtime.teardown()
         return summary
