@@ -19,6 +19,7 @@ def test_grpo_runs_at_tp2(sft_hf, tmp_path):
     assert [x["step"] for x in m] == [1, 2]
     for x in m:
         assert x["responses"] == 16 and 0 <= x["verified_rate"] <= 1 and x["kl"] >= 0
+        assert x["verifier_timeouts"] == 0 and x["verifier_errors"] == 0  # counted, none here
         # engine vs trainer on the sampled tokens, both at temperature 0.7 (undivided logits differ by ~0.1)
         assert x["logprob_abs_diff"] <= 1e-3
         assert x["weight_version"] == x["step"] - 1  # on-policy: the weights before this step's update

@@ -279,3 +279,16 @@ def test_reward():
     assert reward(bad, False, non_stop_penalty=True, penalty_reward_value=-10.0) == -10.0
     assert reward(ok, True, non_stop_penalty=True, penalty_reward_value=-10.0) == 10.0  # ended: untouched
     assert reward(ok, False) == 10.0  # no penalty unless asked
+
+
+@pytest.mark.parametrize("compat", [False, True])
+@pytest.mark.parametrize("answer", ["10^{10^{9}}", "2^{123456789}", "9999!", "10^{10^{10^{10}}}"])
+def test_explosive_answers_are_scored_at_once(answer, compat):
+    """A dozen tokens a policy can learn to emit would stall SymPy's big-integer arithmetic for minutes,
+    which no signal interrupts: such candidates are compared as strings only."""
+    import time
+
+    t0 = time.time()
+    v = check("math", f"The answer is $\\boxed{{{answer}}}$.", "5", tulu3_compat=compat, timeout_s=30)
+    assert v.verified is False and v.status == "ok" and time.time() - t0 < 2
+    assert check("math", f"\\boxed{{{answer}}}", answer, tulu3_compat=compat).verified  # the same string still matches

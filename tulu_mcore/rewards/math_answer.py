@@ -140,6 +140,16 @@ def hendrycks_equiv(a: str, b: str) -> bool:
     return strip_string(a) == strip_string(b)
 
 
+# A power whose exponent is itself a power or has 4+ digits, or a factorial of a 4+ digit number: SymPy
+# would evaluate it exactly (10^{10^{9}}: minutes of big-integer arithmetic that no signal interrupts).
+_EXPLOSIVE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\{?\s*[-+]?\d{4,}|\d{4,}\s*!|\\uparrow")
+
+
+def explosive(text: str) -> bool:
+    """Whether symbolic evaluation of `text` could run for minutes: such answers are compared as strings only."""
+    return bool(_EXPLOSIVE.search(str(text)))
+
+
 def math_verify_equiv(candidate: str, ground_truth: str) -> bool:
     from math_verify import parse, verify
 
@@ -153,6 +163,6 @@ def verify(response: str, ground_truth: str) -> bool:
     inner = last_boxed(gt)  # a ground truth may itself be boxed
     gt = inner if inner is not None else gt
     for cand in candidates(response):
-        if hendrycks_equiv(cand, gt) or math_verify_equiv(cand, gt):
+        if hendrycks_equiv(cand, gt) or (not explosive(cand) and not explosive(gt) and math_verify_equiv(cand, gt)):
             return True
     return False

@@ -39,6 +39,7 @@ class Trajectory:
     dataset: str
     verified: bool
     score: float  # the reward the algorithm starts from (rlvr.verified_reward, no-EOS penalty)
+    check_status: str = "ok"  # the verifier's: ok | timeout | error (scored 0, counted in the metrics)
     # the trainer's forward passes, per response token (PPO; GRPO reads the reference in its loss)
     old_logps: np.ndarray | None = None  # π_old: the policy before this step's updates
     ref_logps: np.ndarray | None = None  # π_ref: the frozen reference
@@ -73,6 +74,7 @@ class RolloutBatch:
                     ids=np.concatenate([r.prompt, r.response]), prompt_len=len(r.prompt),
                     engine_logps=np.asarray(r.logprobs, dtype=np.float64), finished=r.finished,
                     weight_version=r.weight_version, dataset=p.dataset, verified=verdict.verified,
+                    check_status=verdict.status,
                     score=reward(verdict, r.finished, verified_reward=opts.verified_reward,
                                  non_stop_penalty=opts.non_stop_penalty,
                                  penalty_reward_value=opts.penalty_reward_value)))
@@ -151,13 +153,15 @@ class RolloutBatch:
     def verifier_record(self) -> dict:
         """The step's verifier metrics over all data-parallel ranks (collective; every TP rank and
         pipeline stage of a replica scored the same rollouts, so one rank per replica contributes)."""
-        counts = torch.zeros(len(DATASETS), 5, dtype=torch.float64)  # responses, verified, no EOS, tokens, score
+        # responses, verified, no EOS, tokens, score, verifier timeouts, verifier errors
+        counts = torch.zeros(len(DATASETS), 7, dtype=torch.float64)
         if is_replica_reporter():
             for t in self.trajectories:
                 counts[DATASETS.index(t.dataset)] += torch.tensor(
-                    [1, t.verified, not t.finished, t.response_len, t.score], dtype=torch.float64)
+                    [1, t.verified, not t.finished, t.response_len, t.score, t.check_status == "timeout",
+                     t.check_status not in ("ok", "timeout")], dtype=torch.float64)
         dist.all_reduce(counts)
-        n, verified, no_eos, length, total = counts.sum(0).tolist()
+        n, verified, no_eos, length, total, timeouts, errors = counts.sum(0).tolist()
         return {
             "reward_mean": total / n,
             "verified_rate": verified / n,
@@ -165,6 +169,8 @@ class RolloutBatch:
                for j, name in enumerate(DATASETS) if counts[j, 0] > 0},
             "response_length": length / n,
             "no_eos_rate": no_eos / n,
+            "verifier_timeouts": int(timeouts),  # responses whose check ran out of time (scored 0)
+            "verifier_errors": int(errors),  # responses whose check failed (a malformed ground truth: scored 0)
             "responses": int(n),
         }
 
