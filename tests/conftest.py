@@ -217,6 +217,8 @@ def train(args: list[str], nproc: int = 1, check: bool = True, timeout: float = 
     from tulu_mcore.runtime.launch import torchrun
 
     args = [str(a) for a in args]
+    if not any(a.startswith("metrics.plots=") for a in args):  # plots are tested on their own (~1 s a run)
+        args.append("metrics.plots=false")
     if not fresh and check:
         proc = rank_pool.run("tulu_mcore.cli.train", args, nproc, timeout=timeout, env=env)
     elif nproc > 1:

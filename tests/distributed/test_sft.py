@@ -161,6 +161,23 @@ def test_time_limit_saves_and_stops_before_it(data_cache, tmp_path):
     assert len(metrics(run)) > done
 
 
+def test_a_damaged_checkpoint_is_detected_and_the_previous_one_resumed(data_cache, tmp_path):
+    """64 flipped bytes in the latest checkpoint's shard: the resume names the damaged file and goes on
+    from the newest intact checkpoint, training the lost steps again (each step logged once)."""
+    run = tmp_path / "run"
+    args = sft_args(run, data_cache, "model=tiny", "train.save_interval=2", "train.keep_last=2",
+                    "train.export_hf=false")
+    train(args + ["train.max_steps=4"])
+    shard = sorted((run / "checkpoints" / "step_00000004").glob("*.distcp"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 64])
+    shard.write_bytes(bytes(data))
+    again = train(args + ["train.max_steps=6"])
+    assert f"checkpoint {shard.parent} is damaged: {shard.name} (contents differ" in again.stdout, again.stdout[-2000:]
+    assert "resuming from step_00000002, the newest intact checkpoint" in again.stdout
+    assert [r["step"] for r in metrics(run)] == list(range(1, 7))
+
+
 def test_sigterm_on_one_rank_saves_and_stops_all(data_cache, tmp_path):
     run = tmp_path / "run"
     args = sft_args(run, data_cache, "parallel=dp", "train.max_steps=400", "train.save_interval=1000",

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from tulu_mcore import __version__
 from tulu_mcore.arch import LlamaArch
-from tulu_mcore.checkpoint import unpickle
+from tulu_mcore.checkpoint import integrity, unpickle
 from tulu_mcore.errors import CheckpointError
 
 META_FILE = "tulu_mcore.json"
@@ -133,6 +133,8 @@ def save_checkpoint(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torc
         (tmp / "rng").mkdir(exist_ok=True)
         torch.save(unpickle.encode(per_rank), tmp / "rng" / f"rank_{_rank():05d}.pt")
     _barrier()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    files = integrity.record_files(tmp, integrity.own_files(tmp, _rank(), world))  # flushed, then summed
     if _rank() == 0:
         meta = {
             "format_version": FORMAT_VERSION,
@@ -143,6 +145,7 @@ def save_checkpoint(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torc
             "hf_config": hf_config,
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             **(extra or {}),
+            "files": files,  # name: [bytes, crc32]; checked on resume
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if side_files:
@@ -152,6 +155,7 @@ def save_checkpoint(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torc
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+        integrity.sync_dir(out.parent)
     _barrier()
     return out
 

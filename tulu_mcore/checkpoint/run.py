@@ -7,6 +7,7 @@ at any point leaves ``latest`` naming a complete checkpoint (or none).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from tulu_mcore.checkpoint.dist import META_FILE, save_checkpoint
+from tulu_mcore.checkpoint.integrity import check_files
 from tulu_mcore.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
@@ -29,7 +31,10 @@ def latest_in(root: Path) -> Path | None:
     marker = root / LATEST
     if not marker.is_file():
         return None
-    d = root / marker.read_text().strip()
+    name = marker.read_text().strip()
+    d = root / name
+    if not name or "/" in name or name.startswith("."):
+        raise CheckpointError(f"{marker} names {name!r}, not a checkpoint of this directory")
     if not (d / META_FILE).is_file():
         raise CheckpointError(f"{marker} names {d.name}, which is missing or incomplete")
     return d
@@ -52,6 +57,29 @@ class RunCheckpointer:
 
     def latest(self) -> Path | None:
         return latest_in(self.root)
+
+    def latest_intact(self, log) -> Path | None:
+        """Collective: the newest checkpoint whose files are as written (sizes and CRC32s recorded at the
+        save), from `latest` back: a damaged one is skipped with a warning naming its bad files."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        older = sorted((d for d in self.root.glob("step_*") if d.is_dir() and not d.name.endswith(".partial")
+                        and d.name < latest.name), reverse=True)
+        for d in [latest, *older]:
+            files = json.loads((d / META_FILE).read_text()).get("files") if (d / META_FILE).is_file() else None
+            if files is None and d != latest:
+                continue  # incomplete, or from before files were recorded: only `latest` is taken as it is
+            bad = check_files(d, files or {})
+            if not bad:
+                if d != latest:
+                    log(f"WARNING: resuming from {d.name}, the newest intact checkpoint (the later ones are "
+                        "damaged); steps after it are trained again")
+                return d
+            log(f"WARNING: checkpoint {d} is damaged: {'; '.join(bad[:3])}" + (f" and {len(bad) - 3} more"
+                                                                               if len(bad) > 3 else ""))
+        raise CheckpointError(f"no intact checkpoint in {self.root}: every one has damaged files (above); "
+                              "restore them, or start a new run.dir")
 
     def save(self, step: int, chunks, **kwargs) -> Path:
         """Collective; see save_checkpoint for the keyword arguments."""

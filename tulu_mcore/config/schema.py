@@ -256,8 +256,14 @@ class RunSection:
 
 @dataclass
 class MetricsConfig:
-    tensorboard: bool = False  # also write TensorBoard events to run.dir/tensorboard (needs tensorboard)
+    tensorboard: bool = False  # TensorBoard events in run.dir/tensorboard (extra: tulu-mcore[tensorboard])
     progress: bool = True  # a progress bar (terminal) or one line per step (logs) on rank 0
+    wandb: bool = False  # each step to Weights & Biases (extra: tulu-mcore[wandb]; WANDB_MODE=offline)
+    wandb_project: str | None = None  # default "tulu-mcore"
+    wandb_name: str | None = None  # default run.dir's name
+    plots: bool = True  # PNG plots of metrics.jsonl in run.dir/plots/ at the end of the run (also: tulu-plot)
+    samples_every: int = 10  # RL: rollouts as text in run.dir/samples.jsonl at step 1 and every N (0: never)
+    samples_per_step: int = 2  # RL: how many of rank 0's rollouts each time
 
 
 @dataclass

@@ -67,7 +67,7 @@ class TrainingRun:
         self.deadline = Deadline(cfg.run.time_limit, psutil.Process().create_time())
         self.unlock = lock_run_dir(self, self.run_dir, self.rt.is_main, self.log)  # before anything is read there
         self.ckpts = RunCheckpointer(self.run_dir, cfg.train.keep_last)
-        self.latest = self.ckpts.latest()  # resuming: weights come from there, not from model.init
+        self.latest = self.ckpts.latest_intact(self.log)  # resuming: weights come from there, not from model.init
         # saved before the policy at each checkpoint (PPO's value model): the policy's `latest` then
         # implies theirs
         self.companions: list = []

@@ -88,6 +88,7 @@ def grpo_step(tr: TrainingRun, rollouts: RolloutDriver, reference, step: int) ->
     cfg, opts = tr.cfg, tr.cfg.rlvr
     drawn = rollouts.step(step, tr.total_steps)
     batch = drawn.batch
+    tr.metrics.samples(step + 1, batch, rollouts)  # a few as text in samples.jsonl (metrics.samples_every)
     batch.set_advantages(group_advantages(batch.scores))
     lr = current_lr(tr.optimizer)
     t1 = time.time()

@@ -183,6 +183,7 @@ def ppo_step(tr: TrainingRun, rollouts: RolloutDriver, reference, value: ValueMo
     opts, seq = tr.cfg.rlvr, tr.cfg.train.seq_length
     drawn = rollouts.step(step, tr.total_steps)
     batch = drawn.batch
+    tr.metrics.samples(step + 1, batch, rollouts)  # a few as text in samples.jsonl (metrics.samples_every)
     t_gen = time.time()
     rows = batch.pack(tr)
     microbatches = [row.as_batch() for row in rows]
