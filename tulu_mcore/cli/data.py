@@ -1,11 +1,13 @@
 """``tulu-data inspect``: exactly what a model will learn from each conversation.
 
-    tulu-data inspect --tokenizer TOKENIZER_DIR --data FILE [--pairs] [--limit N] [--max-seq-len N]
+    tulu-data inspect --tokenizer TOKENIZER_DIR --data FILE [--pairs | --prompts] [--limit N] [--max-seq-len N]
 
 One JSON object per example: ``text`` (the rendered Tülu template), ``input_ids`` and ``labels`` (the
 input id where the token is trained, -100 elsewhere), plus its origin and whether it was truncated.
 With ``--pairs`` (preference data for DPO / reward models): one object per pair with ``chosen`` and
-``rejected``, each holding those fields.
+``rejected``, each holding those fields. With ``--prompts`` (RLVR data): one object per prompt with
+``text`` (the rendered prompt, generation prompt included), ``input_ids``, ``dataset`` and
+``ground_truth``. Bad rows skipped (``--on-error skip``) are counted on stderr.
 """
 
 from __future__ import annotations
@@ -14,7 +16,20 @@ import argparse
 import json
 import sys
 
-from tulu_mcore.errors import cli_errors
+from tulu_mcore.errors import UserError, cli_errors
+
+
+def _count(least: int):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = least - 1
+        if n < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {least}, got {text!r}")
+        return n
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "(the input id where trained, -100 elsewhere), origin, truncated.")
     ins.add_argument("--tokenizer", required=True, help="tokenizer directory or hub name (local cache)")
     ins.add_argument("--data", required=True,
-                     help="a .jsonl/.json/.parquet file, a hub dataset, builtin:sft-demo or "
-                     "builtin:preference-demo")
-    ins.add_argument("--pairs", action="store_true",
-                     help="the data are preference pairs (chosen / rejected), as recipe=dpo and rm read them")
-    ins.add_argument("--limit", type=int, default=None, help="print at most N examples")
-    ins.add_argument("--max-seq-len", type=int, default=4096, help="truncation limit (default 4096)")
+                     help="a .jsonl/.json/.parquet file, a hub dataset, builtin:sft-demo, "
+                     "builtin:preference-demo or builtin:rlvr-demo")
+    kind = ins.add_mutually_exclusive_group()
+    kind.add_argument("--pairs", action="store_true",
+                      help="the data are preference pairs (chosen / rejected), as recipe=dpo and rm read them")
+    kind.add_argument("--prompts", action="store_true",
+                      help="the data are RLVR prompts (messages, ground_truth, dataset), as recipe=rlvr_grpo "
+                      "and rlvr_ppo read them")
+    ins.add_argument("--limit", type=_count(0), default=None, help="print at most N examples")
+    ins.add_argument("--max-seq-len", type=_count(1), default=4096, help="truncation limit (default 4096)")
     ins.add_argument("--on-error", choices=("strict", "skip"), default="strict",
                      help="bad examples: stop with file:line (strict, default) or skip them")
     return p
@@ -45,29 +64,54 @@ def main(argv: list[str] | None = None) -> None:
     from tulu_mcore.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    if args.pairs:
-        from tulu_mcore.data.preference import load_pairs
+    try:
+        if args.prompts:
+            return _inspect_prompts(args, tok)
+        if args.pairs:
+            from tulu_mcore.data.preference import load_pairs
 
-        loaded = load_pairs(source_specs(args.data), on_error=args.on_error, seed=0)
-        convs = [c for pair in loaded.pairs[: args.limit] for c in pair]
-    else:
-        loaded = load_conversations(source_specs(args.data), on_error=args.on_error, seed=0)
-        convs = loaded.conversations[: args.limit] if args.limit is not None else loaded.conversations
+            loaded = load_pairs(source_specs(args.data), on_error=args.on_error, seed=0)
+            convs = [c for pair in loaded.pairs[: args.limit] for c in pair]
+        else:
+            loaded = load_conversations(source_specs(args.data), on_error=args.on_error, seed=0)
+            convs = loaded.conversations[: args.limit] if args.limit is not None else loaded.conversations
+    except UserError as e:  # the loaders speak of the config key; here it is an option
+        message = str(e).replace("set data.on_error=skip", "add --on-error skip")
+        looks_other = ("no usable", "no assistant message", "no 'messages' field")
+        if not (args.pairs or args.prompts) and any(m in message for m in looks_other):
+            message += " (preference pairs or RLVR prompts? add --pairs or --prompts)"
+        raise UserError(message) from None
     group = 2 if args.pairs else 1
     origins = loaded.origins[: len(convs) // group]
     encoded = [{"text": e.text, "input_ids": e.input_ids.tolist(), "labels": labels_of(e), "truncated": e.truncated}
                for e in encode_batch(convs, tok, args.max_seq_len)]
+    records = ({"origin": origin, "chosen": encoded[2 * i], "rejected": encoded[2 * i + 1]} if args.pairs
+               else {"origin": origin, **encoded[i]} for i, origin in enumerate(origins))
+    _emit(records, loaded.skipped)
+
+
+def _inspect_prompts(args, tok) -> None:
+    from tulu_mcore.data.rlvr import encode_prompts, load_prompts, prompt_text
+    from tulu_mcore.data.sources import source_specs
+
+    loaded = load_prompts(source_specs(args.data), on_error=args.on_error, seed=0)
+    prompts = loaded.prompts[: args.limit] if args.limit is not None else loaded.prompts
+    ids = encode_prompts(prompts, tok)
+    records = ({"origin": origin, "dataset": p.dataset, "ground_truth": p.ground_truth, "text": prompt_text(p.messages),
+                "input_ids": x.tolist(), "prompt_tokens": len(x)}
+               for origin, p, x in zip(loaded.origins, prompts, ids))
+    _emit(records, loaded.skipped)
+
+
+def _emit(records, skipped) -> None:
+    """One JSON line per record on stdout; the bad rows skipped, by reason, on stderr."""
     try:
-        for i, origin in enumerate(origins):
-            if args.pairs:
-                record = {"origin": origin, "chosen": encoded[2 * i], "rejected": encoded[2 * i + 1]}
-            else:
-                record = {"origin": origin, **encoded[i]}
+        for record in records:
             print(json.dumps(record, ensure_ascii=False))
     except BrokenPipeError:  # `| head` closed the pipe: not an error
         sys.stderr.close()
-    if loaded.skipped:
-        print(f"skipped: {dict(loaded.skipped)}", file=sys.stderr)
+    if skipped:
+        print(f"skipped: {dict(skipped)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ row's ground truth, the ``dataset`` field choosing the verifier.
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from tulu_mcore.data.sources import SourceSpec, load_items
 from tulu_mcore.data.template import ConversationError, check_messages, render
-from tulu_mcore.rewards import DATASETS
+from tulu_mcore.rewards import DATASETS, ifeval, math_answer
 
 GENERATION_PROMPT = "<|assistant|>\n"
 
@@ -42,7 +44,7 @@ def prompt_from_row(row) -> Prompt:
     if not messages:
         raise ConversationError("empty messages", "no prompt: the messages hold only an assistant turn")
     # the prompt must be a valid conversation once a response is appended
-    check_messages(messages + [{"role": "assistant", "content": ""}])
+    check_messages(messages + [{"role": "assistant", "content": "(the response)"}])
     dataset = str(row["dataset"]).lower()
     if dataset not in DATASETS:
         raise ConversationError("unknown dataset", f"dataset {row['dataset']!r} has no verifier (one of "
@@ -52,7 +54,47 @@ def prompt_from_row(row) -> Prompt:
         truth = truth[0]
     if not isinstance(truth, str) or not truth.strip():
         raise ConversationError("missing field", "ground_truth must be a non-empty string")
+    problem = {"ifeval": _ifeval_problem, "math": _math_problem}.get(dataset, lambda _: None)(truth)
+    if problem:
+        raise ConversationError("bad ground truth", f"{row['dataset']} ground_truth {_clip(truth)}: {problem}; "
+                                "no response could be verified against it")
     return Prompt(messages, truth, dataset)
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+def _ifeval_problem(truth: str) -> str | None:
+    """An IFEval ground truth is a JSON object whose func_name is one of the verifier's checks."""
+    try:
+        spec = json.loads(truth)
+    except (ValueError, RecursionError):
+        return "not valid JSON (expected {\"func_name\": ..., its arguments})"
+    if not isinstance(spec, dict):
+        return "not a JSON object (expected {\"func_name\": ..., its arguments})"
+    name = spec.get("func_name")
+    if not isinstance(name, str) or name not in ifeval.FUNCTIONS:
+        return f"unknown func_name {name!r} (one of {', '.join(sorted(ifeval.FUNCTIONS))})"
+    return None
+
+
+def _math_problem(truth: str) -> str | None:
+    """A MATH ground truth: LaTeX with balanced braces; a \\boxed{} one must hold a non-empty answer."""
+    depth = 0
+    for m in re.finditer(r"\\.|[{}]", truth, flags=re.S):
+        tok = m.group()
+        depth += tok == "{"
+        depth -= tok == "}"
+        if depth < 0:
+            break
+    if depth != 0:
+        return "unbalanced braces"
+    if "\\boxed" in truth or "\\fbox" in truth:
+        inner = math_answer.last_boxed(truth)
+        if inner is None or not inner.strip():
+            return "an empty or unreadable \\boxed{} answer"
+    return None
 
 
 @dataclass
@@ -76,5 +118,7 @@ def prompt_text(messages: list[dict]) -> str:
 
 def encode_prompts(prompts: list[Prompt], tokenizer) -> list[np.ndarray]:
     """Token ids of each prompt, generation prompt included (no BOS, like the training sequences)."""
+    if not prompts:
+        return []
     enc = tokenizer([prompt_text(p.messages) for p in prompts], add_special_tokens=False)
     return [np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]]

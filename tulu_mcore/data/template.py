@@ -38,7 +38,8 @@ class ConversationError(ValueError):
 
 def check_messages(messages) -> None:
     """Roles known, contents strings, optional leading system messages, then user and assistant
-    alternating (starting with user), at least one assistant turn."""
+    alternating (starting with user), at least one assistant turn. An empty assistant turn is kept, as
+    Tülu's released code keeps it: only its EOS is trained."""
     if not isinstance(messages, list) or not messages:
         raise ConversationError("empty messages", "'messages' must be a non-empty list of {role, content} objects")
     expected = "user"
@@ -108,6 +109,8 @@ def token_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
 def encode_batch(conversations: list[list[dict]], tokenizer, max_seq_len: int) -> list[Encoded]:
     """Render and tokenize many conversations at once (the fast tokenizer spreads the batch over its
     threads). Conversations must have passed :func:`check_messages`."""
+    if not conversations:
+        return []
     eos = tokenizer.eos_token
     rendered = [render(msgs, eos) for msgs in conversations]
     enc = tokenizer([t for t, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
