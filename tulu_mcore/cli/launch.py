@@ -61,6 +61,11 @@ def render_slurm(cfg, argv: list[str], *, portable: bool = False) -> str:
             raise UserError(f"tulu-plan: this run needs {plan.peak_gib:.1f} GiB per GPU, more than "
                             f"plan.gpu_memory_gib={plan.capacity_gib:g}; " + "; ".join(plan.advice[:-1])
                             + " (details: tulu-plan with the same overrides)")
+        from tulu_mcore.plan import run_length
+
+        for line in run_length(plan, cfg):  # a step or a save interval longer than the job; the jobs it takes
+            if line.startswith("warning") or "max_restarts" in line:
+                print(f"tulu-launch: {line}", file=sys.stderr)
     else:
         validate(cfg, world, device="cpu")
     return render_sbatch(cfg, train_overrides(argv, Path(cfg.run.dir)),
