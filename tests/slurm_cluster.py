@@ -5,7 +5,9 @@ Debian's packages are installed on first use (root). Settings that matter: the n
 on 127.0.0.1 whatever the hostname; munged gets its own socket/key/log (running it as root with the
 defaults is refused); ``cred_expire=10`` shortens the wait before a requeued job starts again (the
 default makes it ~150 s); ``MinJobAge`` keeps finished jobs visible to ``scontrol``; CPUs are declared
-beyond the real ones (``config_overrides``) so that 2-task jobs fit a 2-core machine.
+beyond the real ones (``config_overrides``) so that 2-task jobs fit a 2-core machine; the controller and
+slurmd listen on free ports of their own (not Slurm's 6817/6818), so that two test sessions on one
+machine do not meet.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -63,7 +66,20 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
 """
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class LocalSlurm:
@@ -92,7 +108,8 @@ class LocalSlurm:
         if not key.exists():
             subprocess.run(["mungekey", "-c", "-k", str(key)], check=True, capture_output=True)
         (self.d / "plugstack.conf").write_text("")
-        self.conf.write_text(CONF.format(d=self.d, cpus=self.cpus))
+        ctld_port, d_port = _free_ports(2)
+        self.conf.write_text(CONF.format(d=self.d, cpus=self.cpus, ctld_port=ctld_port, d_port=d_port))
         m = self.d / "munge"
         subprocess.run(["munged", f"--socket={m / 'sock'}", f"--key-file={key}", f"--log-file={self.d / 'log/munged.log'}",
                         f"--pid-file={self.d / 'munged.pid'}", f"--seed-file={m / 'seed'}"], check=True, capture_output=True)

@@ -4,13 +4,17 @@ The script is what one would write by hand for a Megatron job on H100 nodes: an 
 (nodes, ranks and GPUs per node, partition, account, time, logs appended across restarts, the
 time-limit warning, requeue, optional singleton chain), the NCCL environment, the master address from
 the allocation and a port from the job id, then one ``srun``: a task per GPU running ``tulu-train``
-(megatron-core reads the ranks from Slurm's variables), or a ``torchrun`` per node. Container flags
-(pyxis) go on ``srun``, never on ``#SBATCH``.
+(megatron-core reads the ranks from Slurm's variables), or a ``torchrun`` per node. Every ``srun`` states
+its nodes and tasks (``--nodes``, ``--ntasks``, ``--ntasks-per-node``): a step never inherits the whole
+allocation's. Container flags (pyxis) go on ``srun``, never on ``#SBATCH``.
 
 RL with the vLLM engine (``rlvr.engine=vllm``, ``launcher.engine_nodes`` > 0): the allocation has
-``launcher.engine_nodes`` more nodes; the engine server (``rlvr.vllm.python``, vLLM's own environment)
-runs as its own srun step on the last of them, the trainers on the others connect to it
-(``rlvr.vllm.address``, a per-job key in ``TULU_ENGINE_AUTHKEY``); no Ray.
+``launcher.engine_nodes`` more nodes, the last ones; the engine server (``rlvr.vllm.python``, vLLM's own
+environment) runs as its own srun step there, one task per engine node, and the trainers (on the first
+``launcher.nodes``, ``--nodelist``) connect to it (``rlvr.vllm.address``, a per-job key in
+``TULU_ENGINE_AUTHKEY``). No Ray: an engine over several nodes is vLLM's multiprocessing backend
+(``--nnodes``, ``--node-rank`` from ``SLURM_PROCID``, ``--master-addr`` the first engine node): the task
+on that node serves the trainers, the others run vLLM's headless workers.
 
 Preemption and time limits: Slurm sends SIGUSR1 to the batch shell ``launcher.signal_seconds`` before
 the limit. The script passes it to the trainers, which finish their step, checkpoint and exit 0; then
@@ -134,16 +138,17 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
     if lc.process_model == "srun_per_rank":
         body.append('  kill -USR1 "$STEP" 2>/dev/null  # srun passes it to every task')
     else:  # torchrun would die of SIGUSR1: signal its workers (started as `python -u -m ...`) directly
-        body.append(f"  srun --overlap --nodes=$SLURM_NNODES --ntasks-per-node=1 pkill -USR1 -f -- "
-                    f"'-u -m {TRAIN_MODULE}'")
+        nodelist = ' --nodelist="$TRAIN_NODES"' if engine else ""
+        body.append(f"  srun --overlap --nodes={lc.nodes} --ntasks={lc.nodes} --ntasks-per-node=1{nodelist} "
+                    f"pkill -USR1 -f -- '-u -m {TRAIN_MODULE}'")
     body += ["}", "trap on_usr1 USR1", ""]
-    srun = ["srun", "--kill-on-bad-exit=1", "--wait=60"]
+    # the trainers' step: their nodes and tasks only (never the engine's nodes)
+    srun = ["srun", "--kill-on-bad-exit=1", "--wait=60", f"--nodes={lc.nodes}", f"--ntasks={lc.nodes * per_node}",
+            f"--ntasks-per-node={per_node}"]
     if engine:
         body += engine
-        srun += [f"--nodes={lc.nodes}", '--nodelist="$TRAIN_NODES"']
+        srun.append('--nodelist="$TRAIN_NODES"')
         train_args = [*train_args, "rlvr.vllm.address=$ENGINE_HOST:$ENGINE_PORT"]
-    if lc.process_model == "torchrun_per_node":
-        srun += ["--ntasks-per-node=1"]
     if lc.container_image:
         srun.append(f"--container-image={q(lc.container_image)}")
         if lc.container_mounts:
@@ -152,7 +157,7 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
     if lc.process_model == "srun_per_rank":
         cmd = [q(python), "-m", TRAIN_MODULE]
     else:
-        cmd = [q(python), "-m", "torch.distributed.run", "--nnodes=$SLURM_NNODES",
+        cmd = [q(python), "-m", "torch.distributed.run", f"--nnodes={lc.nodes}",
                f"--nproc-per-node={lc.ranks_per_node}", "--rdzv-backend=c10d",
                '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"', '--rdzv-id="$SLURM_JOB_ID"', "-m", TRAIN_MODULE]
     args = [a if a.startswith("rlvr.vllm.address=$") else q(a) for a in train_args]
@@ -180,34 +185,50 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
 
 def engine_step(cfg: RunConfig, side_dir: Path = SIDE_DIR) -> list[str]:
     """The script lines that start the vLLM engine on its own nodes (none when the run has no such
-    engine); `side_dir`: the engine's files (``rollout/vllm_side``) as the job finds them."""
+    engine); `side_dir`: the engine's files (``rollout/vllm_side``) as the job finds them.
+
+    One srun task per engine node. On several nodes the engine is vLLM's multiprocessing backend
+    (``ParallelConfig.nnodes``/``node_rank``/``master_addr``/``master_port``; Ray is not used): every task
+    runs the same server command with ``--node-rank $SLURM_PROCID``; rank 0, on the first engine node
+    (``ENGINE_HOST``, the master address), serves the trainers, the others run headless workers."""
     lc, r = cfg.launcher, cfg.rlvr
     if not (cfg.recipe.name.startswith("rlvr_") and r.engine == "vllm" and lc.engine_nodes > 0):
         return []
     if not r.vllm.python:
         raise UserError("launcher.engine_nodes: set rlvr.vllm.python to the vLLM environment's interpreter on the "
                         "nodes (the engine runs in its own environment)")
-    if r.vllm.tp > lc.engine_nodes * lc.ranks_per_node:
-        raise UserError(f"rlvr.vllm.tp={r.vllm.tp} needs more GPUs than launcher.engine_nodes={lc.engine_nodes} x "
+    n = lc.engine_nodes
+    if r.vllm.tp > n * lc.ranks_per_node:
+        raise UserError(f"rlvr.vllm.tp={r.vllm.tp} needs more GPUs than launcher.engine_nodes={n} x "
                         f"{lc.ranks_per_node} give")
+    if r.vllm.tp % n:
+        raise UserError(f"rlvr.vllm.tp={r.vllm.tp} over launcher.engine_nodes={n}: vLLM's multi-node engine puts "
+                        f"tp / engine_nodes GPUs on each node; use a tp divisible by {n}, or fewer engine nodes")
     q = shlex.quote
     model_dir = Path(cfg.run.dir) / ENGINE_DIR / "model"  # written by tulu-launch (write_engine_config)
     server = [q(r.vllm.python), q(str(side_dir / "server.py")), "--model", q(str(model_dir)), "--host", "0.0.0.0",
               '--port "$ENGINE_PORT"', *map(q, server_args(cfg))]
     gpus = f" --gpus-per-node={lc.ranks_per_node}" if lc.gpus else ""
-    return [
+    lines = [
         "# the vLLM engine: its own srun step on the last node(s), in its own environment",
         'NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))',
         f'TRAIN_NODES=$(IFS=,; echo "${{NODES[*]:0:{lc.nodes}}}")',
+        f'ENGINE_NODES=$(IFS=,; echo "${{NODES[*]:{lc.nodes}:{n}}}")',
         f'ENGINE_HOST=${{NODES[{lc.nodes}]}}',
         "ENGINE_PORT=$((40000 + SLURM_JOB_ID % 20000))",
         "export TULU_ENGINE_AUTHKEY=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')",
-        f"srun --nodes={lc.engine_nodes} --ntasks=1 --nodelist=\"$ENGINE_HOST\"{gpus} --kill-on-bad-exit=1 \\",
-        f"    env PYTHONPATH={q(str(side_dir))} " + " ".join(server)
-        + f' >> {q(str(Path(cfg.run.dir) / "logs"))}/engine-"$SLURM_JOB_ID".log 2>&1 &',
-        "ENGINE_STEP=$!",
-        "",
     ]
+    start = f"env PYTHONPATH={q(str(side_dir))}"
+    if n > 1:
+        lines += [(f"# one task per engine node, vLLM's multiprocessing backend across them ({r.vllm.tp // n} GPUs "
+                   "each, no Ray):"),
+                  "# task 0 on ENGINE_HOST (the master address) serves the trainers, the others run headless workers"]
+        start += " bash -c 'exec \"$@\" --node-rank \"$SLURM_PROCID\"' engine"
+        server += ["--nnodes", str(n), '--master-addr "$ENGINE_HOST"', '--master-port "$((ENGINE_PORT + 1))"']
+    command = " ".join(server) + f' >> {q(str(Path(cfg.run.dir) / "logs"))}/engine-"$SLURM_JOB_ID".log 2>&1 &'
+    srun = f'srun --nodes={n} --ntasks={n} --ntasks-per-node=1 --nodelist="$ENGINE_NODES"{gpus} --kill-on-bad-exit=1 \\'
+    step = [f"    {start} \\", f"    {command}"] if n > 1 else [f"    {start} {command}"]
+    return [*lines, srun, *step, "ENGINE_STEP=$!", ""]
 
 
 def _wrap(args: list[str], width: int = 100) -> list[str]:

@@ -7,10 +7,13 @@ torch and vllm), started by the trainer, or separately (e.g. as its own srun ste
     TULU_ENGINE_AUTHKEY=<hex> python server.py --model DIR --host 0.0.0.0 --port 5555 --tp 4
 
 ``--model`` holds the policy's config.json (weights are pushed by the trainer; the engine starts with
-dummy weights unless ``--load-weights``). Requests (pickled dicts over multiprocessing.connection,
-answered in order): generate, begin/load/end of a weight update, load_dir (safetensors on disk),
-info, shutdown. Every weight update ends with a prefix-cache reset and a new weight version, which
-each generation reports.
+dummy weights unless ``--load-weights``). An engine over several nodes (vLLM's multiprocessing backend,
+no Ray: ``--nnodes N --node-rank R --master-addr HOST --master-port PORT``, the same command on every
+node): node 0 serves the trainer, nodes 1.. run vLLM's headless workers for their share of the TP ranks
+(weight chunks then travel through vLLM's RPC channel, not shared memory). Requests (pickled dicts
+over multiprocessing.connection, answered in order): generate, begin/load/end of a weight update,
+load_dir (safetensors on disk), info, shutdown. Every weight update ends with a prefix-cache reset and a
+new weight version, which each generation reports.
 """
 
 import argparse
@@ -23,9 +26,8 @@ import traceback
 from multiprocessing.connection import Listener
 
 
-def build_llm(args):
-    from vllm import LLM
-
+def engine_kwargs(args) -> dict:
+    """vLLM's engine arguments, the same on every node of a multi-node engine."""
     kwargs = dict(model=args.model, skip_tokenizer_init=True, dtype=args.dtype, max_model_len=args.max_model_len,
                   tensor_parallel_size=args.tp, enforce_eager=args.enforce_eager, seed=args.seed,
                   worker_extension_cls="worker.TuluWeightSync", logprobs_mode="processed_logprobs")
@@ -33,7 +35,50 @@ def build_llm(args):
         kwargs["load_format"] = "dummy"
     if args.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
-    return LLM(**kwargs)
+    if args.nnodes > 1:  # vLLM's ParallelConfig: nnodes/node_rank/master_addr/master_port, "mp" backend only
+        kwargs.update(distributed_executor_backend="mp", nnodes=args.nnodes, node_rank=args.node_rank,
+                      master_addr=args.master_addr, master_port=args.master_port)
+    return kwargs
+
+
+def build_llm(args):
+    from vllm import LLM
+
+    return LLM(**engine_kwargs(args))
+
+
+def run_headless_workers(args) -> int:
+    """Node rank > 0 of a multi-node engine: this node's vLLM workers (tp / nnodes of them), driven by
+    node 0's engine through vLLM's message queues, as ``vllm serve --headless`` runs them. Returns when a
+    worker dies (an exit code) or on SIGTERM (0)."""
+    import signal
+
+    from vllm import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+    stop = []
+
+    def on_signal(signum, frame):
+        if not stop:
+            stop.append(signum)
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # node 0's LLM(...) config exactly (its defaults follow the usage context: the scheduler's batch size,
+    # and with it the shapes of every collective, differ for a server's)
+    engine_args = EngineArgs(**engine_kwargs(args), disable_log_stats=True)
+    config = engine_args.create_engine_config(usage_context=UsageContext.LLM_CLASS, headless=True)
+    executor = MultiprocExecutor(config, monitor_workers=False)
+    print(f"[engine] node {args.node_rank} of {args.nnodes}: headless workers of "
+          f"{args.master_addr}:{args.master_port}", flush=True)
+    try:
+        executor.start_worker_monitor(inline=True)  # returns when a worker dies
+    finally:
+        executor.shutdown()
+    print("[engine] a worker died; exiting", flush=True)
+    return 70
 
 
 class Server:
@@ -165,7 +210,22 @@ def main(argv=None) -> None:
                    help="where weight chunks wait for the workers (default /dev/shm; 'none': through the RPC channel)")
     p.add_argument("--exit-with-client", action="store_true",
                    help="exit when the trainer's connection closes (an engine the trainer started)")
+    p.add_argument("--nnodes", type=int, default=1,
+                   help="nodes the engine spans (vLLM's multiprocessing backend; --tp divisible by it)")
+    p.add_argument("--node-rank", type=int, default=0,
+                   help="this node's rank among --nnodes: 0 serves the trainer, others run headless workers")
+    p.add_argument("--master-addr", help="with --nnodes > 1: node 0's address (torch.distributed of the engine)")
+    p.add_argument("--master-port", type=int, default=29501, help="with --nnodes > 1: a free port on node 0")
     args = p.parse_args(argv)
+    if args.nnodes > 1:
+        if not 0 <= args.node_rank < args.nnodes or not args.master_addr or args.tp % args.nnodes:
+            p.error(f"--nnodes {args.nnodes}: needs --node-rank in 0..{args.nnodes - 1}, --master-addr, and --tp "
+                    f"divisible by --nnodes (got --node-rank {args.node_rank}, --master-addr {args.master_addr}, "
+                    f"--tp {args.tp})")
+        if args.node_rank > 0:
+            sys.exit(run_headless_workers(args))
+    elif args.node_rank != 0:
+        p.error("--node-rank needs --nnodes > 1")
     key = os.environ.get("TULU_ENGINE_AUTHKEY")
     if not key:
         sys.exit("error: set TULU_ENGINE_AUTHKEY (hex) to the key the trainer uses")
@@ -179,7 +239,8 @@ def main(argv=None) -> None:
             json.dump({"host": host, "port": port, "pid": os.getpid()}, f)
         os.replace(tmp, args.ready_file)
     print(f"[engine] serving on {host}:{port}", flush=True)
-    shm = args.handoff_dir if args.handoff_dir != "none" else None
+    # workers on other nodes cannot read this node's shared memory: the RPC channel reaches them all
+    shm = args.handoff_dir if args.handoff_dir != "none" and args.nnodes == 1 else None
     serve(Server(llm, shm_dir=shm if shm and os.path.isdir(shm) else None), listener, args.exit_with_client)
     print("[engine] shut down", flush=True)
 
