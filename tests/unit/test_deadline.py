@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from tulu_mcore.errors import UserError
 from tulu_mcore.config.durations import parse_duration
+from tulu_mcore.errors import UserError
 from tulu_mcore.training.deadline import MARGIN_S, Deadline, slurm_end_time
 
 
