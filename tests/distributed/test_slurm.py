@@ -67,6 +67,7 @@ def test_sft_job_runs_to_completion(slurm, data_cache, tmp_path):
     assert "[tulu-launch] job" in log and f"trained steps 1..{STEPS} of {STEPS}" in log
     assert [m["step"] for m in metrics(run)] == list(range(1, STEPS + 1))
     assert (run / "job.sbatch").read_text().startswith("#!/bin/bash")
+    assert (run / "job.sbatch").stat().st_mode & 0o777 == 0o600  # launcher.env values may be secrets
 
 
 def test_requeued_job_resumes_without_repeating_or_skipping_data(slurm, data_cache, tmp_path):

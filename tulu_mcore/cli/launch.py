@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -118,7 +119,11 @@ def main(argv: list[str] | None = None) -> None:
 
         write_engine_config(run_dir, cfg.model.arch, cfg.precision.params_dtype)
     path = run_dir / "job.sbatch"
-    path.write_text(script)
+    # owner-only: launcher.env values (tokens, keys) are written into it
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(script)
+    os.chmod(path, 0o600)  # an older job.sbatch kept its mode
     job = submit(path)
     print(f"submitted job {job} ({job_name(cfg)}, {lc.nodes} node(s) x {lc.ranks_per_node} ranks): {path}")
     print(f"log: {run_dir / 'logs' / f'slurm-{job}.out'}")
