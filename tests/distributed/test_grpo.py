@@ -78,7 +78,8 @@ def test_grpo_minibatches_update_between_parts(sft_hf, tmp_path):
     # policy is the reference) the loss is -mean over sequences of A, and A sums to 0 within each group
     # (with the penalty, a group's ended and truncated responses differ in score and in length, so that
     # the token mean is not 0)
-    longer = [*common, "rlvr.max_new_tokens=48", "rlvr.non_stop_penalty=true", "rlvr.penalty_reward_value=-10.0"]
+    longer = [*common, "rlvr.max_new_tokens=48", "rlvr.non_stop_penalty=true", "rlvr.penalty_reward_value=-10.0",
+              "train.global_batch_size=8"]
     seq, tok = tmp_path / "seq", tmp_path / "tok"
     train([*longer, f"run.dir={seq}", "rlvr.loss_aggregation=sequence_mean"])
     train([*longer, f"run.dir={tok}"])

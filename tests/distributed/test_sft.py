@@ -148,17 +148,15 @@ def test_time_limit_saves_and_stops_before_it(data_cache, tmp_path):
     """run.time_limit shorter than the run: the run saves and exits before the limit (judging from its
     measured step and save times); a rerun resumes where it stopped, no step repeated."""
     run = tmp_path / "run"
-    args = sft_args(run, data_cache, "model=tiny", "train.max_steps=100000", "train.save_interval=100000",
-                    "train.export_hf=false", "run.time_limit=0:30")
+    args = sft_args(run, data_cache, "model=tiny", "train.save_interval=100000", "train.export_hf=false")
     t0 = time.time()
-    first = train(args, fresh=True)  # a fresh process: the limit counts from the process's start
-    assert time.time() - t0 < 30 and "stopping before run.time_limit" in first.stdout, first.stdout[-2000:]
+    first = train(args + ["train.max_steps=100000", "run.time_limit=0:20"], fresh=True)  # from the process's start
+    assert time.time() - t0 < 20 and "stopping before run.time_limit" in first.stdout, first.stdout[-2000:]
     done = len(metrics(run))
     assert done > 1 and (run / "checkpoints" / f"step_{done:08d}").is_dir()
-    second = train(args, fresh=True)
+    second = train(args + [f"train.max_steps={done + 3}"])
     assert f"resumed from {run / 'checkpoints' / f'step_{done:08d}'}" in second.stdout
-    assert [r["step"] for r in metrics(run)] == list(range(1, len(metrics(run)) + 1))  # none repeated
-    assert len(metrics(run)) > done
+    assert [r["step"] for r in metrics(run)] == list(range(1, done + 4))  # none repeated
 
 
 def test_a_damaged_checkpoint_is_detected_and_the_previous_one_resumed(data_cache, tmp_path):
@@ -230,11 +228,6 @@ def test_extending_a_finished_run(data_cache, tmp_path):
     train(args + ["train.max_steps=8"], nproc=2)
     assert [r["step"] for r in metrics(run)] == list(range(1, 9))
     assert (run / "hf" / "model.safetensors.index.json").is_file()
-    # a key that fixes the data order cannot change on resume unless named in run.allow_changes
-    refused = train(args + ["train.max_steps=12", "train.global_batch_size=16"], nproc=1, check=False)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "train.global_batch_size: 32 -> 16" in refused.stderr and "run.allow_changes=[train.global_batch_size]" \
-        in refused.stderr
     # a new LR (after a loss spike) applies from the resumed step, said in the log
     lr = read_yaml(run / "config.yaml")["optim"]["lr"]
     again = train(args + ["train.max_steps=12", f"optim.lr={lr / 10}"], nproc=2)

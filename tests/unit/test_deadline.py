@@ -43,3 +43,19 @@ def test_too_close_counts_a_step_and_a_save():
     d.saved(35.0)
     assert d.too_close(10.0)  # 10 + 35 + margin does not
     assert 50 - d.left() < 2 and MARGIN_S > 0
+
+
+def test_a_resume_refuses_a_changed_data_order_and_applies_a_new_lr():
+    from tulu_mcore.config.compose import compose
+    from tulu_mcore.training.resume import check_changes, snapshot
+
+    saved = snapshot(compose(["recipe=sft", "train.global_batch_size=32", "optim.lr=1e-5"]))
+    with pytest.raises(UserError) as e:
+        check_changes(saved, compose(["recipe=sft", "train.global_batch_size=16"]), "ckpt")
+    msg = str(e.value)
+    assert "train.global_batch_size: 32 -> 16" in msg and "run.allow_changes=[train.global_batch_size]" in msg
+    lines = check_changes(saved, compose(["recipe=sft", "train.global_batch_size=16", "optim.lr=1e-6",
+                                          "run.allow_changes=[train.global_batch_size]"]), "ckpt")
+    assert lines == ["train.global_batch_size changed on resume: 32 -> 16",
+                     "optim.lr changed on resume: 1e-05 -> 1e-06, from this step on"]
+    assert check_changes(None, compose(["recipe=sft"]), "ckpt") == []  # a checkpoint from before

@@ -11,7 +11,7 @@ import time
 
 from tulu_mcore.config.durations import parse_duration
 
-MARGIN_S = 10.0  # the exit itself, a slow last step
+MARGIN_S = 5.0  # the exit itself (the next step and a save are counted apart)
 
 
 def slurm_end_time() -> float | None:
