@@ -98,9 +98,10 @@ def test_job_saves_before_its_time_limit_and_requeues(slurm, data_cache, tmp_pat
     """run.time_limit shorter than the run: each window saves and stops in time, leaves its mark, and the
     job requeues itself until the run is done, every step once."""
     run = tmp_path / "run"
-    steps = 120  # ~0.2 s each: more than one window of 35 s holds after start-up and the margin
-    job = submit(slurm, sft_job(run, data_cache, f"train.max_steps={steps}", "run.time_limit=35",
-                                "train.global_batch_size=32", "launcher.max_restarts=6", "train.save_interval=1000"))
+    # 0.15-0.3 s a step: more than one 30 s window holds after start-up and the margin, on a fast machine too
+    steps = 150
+    job = submit(slurm, sft_job(run, data_cache, f"train.max_steps={steps}", "run.time_limit=30",
+                                "train.global_batch_size=32", "launcher.max_restarts=8", "train.save_interval=1000"))
     info = slurm.wait(job, timeout=600)
     log = (run / "logs" / f"slurm-{job}.out").read_text()
     assert info["JobState"] == "COMPLETED" and int(info.get("Restarts", 0)) >= 1, (info, log[-4000:])
