@@ -207,6 +207,7 @@ class TrainingRun:
         dev = torch.cuda.get_device_name() if self.device == "cuda" else ""
         self.peak = peak_flops(dev, "fp8" if cfg.precision.fp8 else "bf16") if dev else None
         self.t_start, self.first, self.last = time.time(), None, None
+        self.step_ended = self.t_start  # when the last step ended: the deadline's step time
 
     # ---------------------------------------------------------------------------------- the loop
     def loop(self, train_step: Callable[[int], dict], cursor: Callable[[int], dict], *,
@@ -251,7 +252,7 @@ class TrainingRun:
         self.first = record["loss"] if self.first is None else self.first
         self.last = record["loss"]
         now = time.time()
-        step_s, self.step_ended = now - getattr(self, "step_ended", self.t_start), now
+        step_s, self.step_ended = now - self.step_ended, now
         late = step < self.total_steps and self.deadline.too_close(step_s)
         stopped = self.stop.requested(self.device, also=late)
         if stopped or step == self.total_steps or step % self.cfg.train.save_interval == 0:
