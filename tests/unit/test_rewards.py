@@ -292,3 +292,59 @@ def test_explosive_answers_are_scored_at_once(answer, compat):
     v = check("math", f"The answer is $\\boxed{{{answer}}}$.", "5", tulu3_compat=compat, timeout_s=30)
     assert v.verified is False and v.status == "ok" and time.time() - t0 < 2
     assert check("math", f"\\boxed{{{answer}}}", answer, tulu3_compat=compat).verified  # the same string still matches
+
+
+# ----------------------------------------------------------------------------- the hard bound
+def test_isolated_checks_agree_with_in_process_checks():
+    from tulu_mcore.rewards.isolated import IsolatedChecker
+
+    cases = [("math", "So $\\boxed{\\frac{1}{2}}$.", "0.5"), ("math", "\\boxed{3}", "4"),
+             ("gsm8k", "It is 72 clips.\n#### 72", "72"), ("ifeval", "hi", gt("verify_letter_frequency", letter="ab", N=1)),
+             ("code", "print(1)", "1"), ("math", "\\boxed{1}", None), ("math", "\\boxed{10^{10^{9}}}", "5"),
+             ("math", "a \ud800 lone surrogate, \\boxed{2}", "2")]
+    with IsolatedChecker(timeout_s=5) as c:
+        for compat in (False, True):
+            for dataset, response, truth in cases:
+                assert c.check(dataset, response, truth, tulu3_compat=compat) == check(
+                    dataset, response, truth, tulu3_compat=compat), (dataset, response, compat)
+        assert c.kills == 0
+
+
+def test_a_check_that_no_signal_ends_is_killed_and_the_next_check_runs_in_a_fresh_worker():
+    """A worker that gives no verdict (stopped here; in training: one big-integer operation that SIGALRM
+    cannot interrupt) is killed at timeout_s + grace_s; the check scores a timeout and scoring goes on."""
+    import os
+    import signal
+
+    from tulu_mcore.rewards.isolated import IsolatedChecker
+
+    with IsolatedChecker(timeout_s=0.5, grace_s=0.5) as c:
+        assert c.check("math", "\\boxed{2}", "2").verified
+        first = c.pid
+        os.kill(first, signal.SIGSTOP)
+        t0 = time.time()
+        v = c.check("math", "\\boxed{2}", "2")
+        assert v.status == "timeout" and not v.verified and "killed" in v.detail and 0.9 < time.time() - t0 < 3
+        assert c.kills == 1 and c.pid is None
+        assert c.check("math", "\\boxed{2}", "2").verified and c.pid not in (None, first)
+        os.kill(c.pid, signal.SIGKILL)  # died between checks: restarted, not scored as an error
+        time.sleep(0.2)
+        assert c.check("math", "\\boxed{3}", "3") == Verdict(True, "ok") and c.kills == 1
+
+
+def test_the_verifier_worker_dies_with_its_trainer(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from tulu_mcore.rewards.isolated import IsolatedChecker; c = IsolatedChecker(); "
+            "c.check('math', '\\\\boxed{1}', '1'); print(c.pid, flush=True); os._exit(0)")
+    pid = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the verifier worker {pid} outlived its trainer")

@@ -177,6 +177,10 @@ class RlvrConfig:
     non_stop_penalty: bool = False  # a response without EOS scores penalty_reward_value, whatever its verdict
     penalty_reward_value: float = 0.0  # (Tülu 3 PPO: -10; Tülu 3.1 GRPO: 0)
     tulu3_compat: bool = False  # the released verifiers, bugs included
+    verifier_timeout_s: float = 5.0  # one check's bound; over it the response scores 0 (a verifier timeout)
+    # true: checks run in a worker process killed when a check outlives the bound by 2 s (SIGALRM alone
+    # cannot stop one long big-integer operation); false: in the trainer's process, SIGALRM only
+    verifier_process: bool = True
     max_prompt_tokens: int | None = None  # longer prompts are filtered out, counted (Tülu 3: 2048)
     # the loss over an optimizer step's response tokens: token_mean (one mean over all) |
     # group_token_mean (the mean of each group of loss_group_size consecutive sequences' token means:

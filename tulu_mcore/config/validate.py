@@ -283,6 +283,8 @@ def _check_rlvr(cfg: RunConfig, err) -> None:
             "rlvr.loss_aggregation=group_token_mean)")
     if r.max_prompt_tokens is not None and r.max_prompt_tokens < 1:
         err(f"rlvr.max_prompt_tokens={r.max_prompt_tokens} must be >= 1 (or null: no filter)")
+    if not r.verifier_timeout_s > 0:
+        err(f"rlvr.verifier_timeout_s={r.verifier_timeout_s} must be > 0 (seconds one verifier check may take)")
     if par.cp > 1:
         err(f"recipe={name}: parallel.cp={par.cp}; RL rows hold short prompt + response sequences, use "
             "parallel.cp=1 (tensor, pipeline and data parallelism)")

@@ -63,13 +63,19 @@ class RolloutBatch:
     samples_per_prompt: int
 
     @classmethod
-    def score(cls, prompts: list[Prompt], groups: list[list[Rollout]], tokenizer, opts: RlvrConfig) -> "RolloutBatch":
-        """The engine's rollouts of `prompts` (one group of samples per prompt), verified and scored."""
+    def score(cls, prompts: list[Prompt], groups: list[list[Rollout]], tokenizer, opts: RlvrConfig,
+              checker=None) -> "RolloutBatch":
+        """The engine's rollouts of `prompts` (one group of samples per prompt), verified and scored by
+        `checker` (an :class:`~tulu_mcore.rewards.isolated.IsolatedChecker`; default: in this process)."""
         out = []
         for p, group in zip(prompts, groups):
             for r in group:
-                verdict = check(p.dataset, tokenizer.decode(r.response.tolist(), skip_special_tokens=True),
-                                p.ground_truth, tulu3_compat=opts.tulu3_compat)
+                text = tokenizer.decode(r.response.tolist(), skip_special_tokens=True)
+                if checker is None:
+                    verdict = check(p.dataset, text, p.ground_truth, tulu3_compat=opts.tulu3_compat,
+                                    timeout_s=opts.verifier_timeout_s)
+                else:
+                    verdict = checker.check(p.dataset, text, p.ground_truth, tulu3_compat=opts.tulu3_compat)
                 out.append(Trajectory(
                     ids=np.concatenate([r.prompt, r.response]), prompt_len=len(r.prompt),
                     engine_logps=np.asarray(r.logprobs, dtype=np.float64), finished=r.finished,

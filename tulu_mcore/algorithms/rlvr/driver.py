@@ -20,6 +20,7 @@ from tulu_mcore.algorithms.rlvr.batch import RolloutBatch
 from tulu_mcore.algorithms.rlvr.prompts import RlvrData
 from tulu_mcore.config.schema import RlvrConfig
 from tulu_mcore.errors import ConfigError, EngineError
+from tulu_mcore.rewards.isolated import IsolatedChecker
 from tulu_mcore.rollout import Rollout
 
 
@@ -46,6 +47,7 @@ class RolloutDriver:
         self.seed, self.dp_rank, self.dp_size = seed, dp_rank, dp_size
         self.async_generation = opts.async_generation
         self.pending: dict[int, list[int]] = {}
+        self.checker = IsolatedChecker(opts.verifier_timeout_s) if opts.verifier_process else None
 
     def step(self, step: int, total: int) -> StepRollouts:
         """`step`'s rollouts on this rank; in async mode the next step's generation is submitted before
@@ -54,10 +56,13 @@ class RolloutDriver:
         mine, groups, waited = self.take(step, indices)
         if self.async_generation and step + 1 < total:
             self.request(step + 1, self.data.step_prompts(step + 1)[1])
-        batch = RolloutBatch.score([self.data.prompts[i] for i in mine], groups, self.tokenizer, self.opts)
+        batch = RolloutBatch.score([self.data.prompts[i] for i in mine], groups, self.tokenizer, self.opts,
+                                   self.checker)
         return StepRollouts(batch, epoch, waited)
 
     def close(self) -> None:
+        if self.checker is not None:
+            self.checker.close()
         self.engine.close()
 
     def _seed(self, step: int) -> int:
