@@ -26,9 +26,38 @@ def test_grpo_runs_at_tp2(sft_hf, tmp_path):
     assert m[0]["kl"] < 1e-6  # the policy starts as the reference
 
 
+def _stop_during_generation(args: list[str]) -> str:
+    """tulu-train `args` on 2 fresh ranks, SIGUSR1 to the second once the run says it resumed (before the
+    step's generation ends); its stdout."""
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+
+    from tulu_mcore.runtime.launch import torchrun_cmd
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.Popen(torchrun_cmd("tulu_mcore.cli.train", args + ["metrics.plots=false"], 2),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "resumed from" in line:
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "python" in c.name()]
+            workers[-1].send_signal(signal.SIGUSR1)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-4000:]
+    return "".join(lines) + out
+
+
 def test_grpo_resume_continues_exactly(sft_hf, tmp_path):
     """Resume from the step-2 checkpoint of a 4-step run: the same prompts, rollouts (sampling seeded
-    by step) and losses as the uninterrupted run; the reference is rebuilt from model.init."""
+    by step) and losses as the uninterrupted run; the reference is rebuilt from model.init. A first
+    resume is stopped by a signal during step 3's generation: it stops there, before training, with the
+    step-2 checkpoint as it was, and the next resume trains steps 3 and 4 as the uninterrupted run did."""
     import shutil
 
     run = tmp_path / "run"
@@ -40,6 +69,11 @@ def test_grpo_resume_continues_exactly(sft_hf, tmp_path):
     straight = {m["step"]: m for m in metrics(run)}
     shutil.rmtree(run / "checkpoints" / "step_00000004")
     (run / "checkpoints" / "latest").write_text("step_00000002\n")
+    stopped = _stop_during_generation(args)
+    assert "stopping on a signal on another rank (stopped during step 3's generation): checkpoint saved after step 2" in stopped, \
+        stopped[-3000:]
+    assert [m["step"] for m in metrics(run)] == [1, 2]  # nothing logged for step 3
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000002"]
     proc = train(args, nproc=2)
     assert "resumed from" in proc.stdout
     resumed = {m["step"]: m for m in metrics(run)}

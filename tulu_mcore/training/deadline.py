@@ -38,9 +38,12 @@ class Deadline:
     def saved(self, seconds: float) -> None:
         self.save_s = max(self.save_s, seconds)
 
-    def too_close(self, step_s: float) -> bool:
-        """Whether the next step (as long as this one) and a save may not finish before the end."""
-        return self.end is not None and time.time() + step_s + max(self.save_s, step_s) + MARGIN_S > self.end
+    def too_close(self, rest_s: float, step_s: float | None = None) -> bool:
+        """Whether `rest_s` more seconds of work (the next step, as long as the last) and a save may not
+        finish before the end; before the first save is timed, a save is taken to last a step
+        (`step_s`, default `rest_s`)."""
+        save_s = max(self.save_s, rest_s if step_s is None else step_s)
+        return self.end is not None and time.time() + rest_s + save_s + MARGIN_S > self.end
 
     def left(self) -> float:
         return self.end - time.time() if self.end is not None else float("inf")

@@ -38,6 +38,14 @@ from tulu_mcore.training.setup import build_optimizer, build_scheduler, recomput
 from tulu_mcore.training.state import StopRequest, rng_state, set_rng_state
 
 
+class StepAbandoned(Exception):
+    """Raised by a step function that stopped (``TrainingRun.stop_at_phase``) before it changed the model."""
+
+    def __init__(self, phase: str):
+        super().__init__(phase)
+        self.phase = phase
+
+
 class TrainingRun:
     def __init__(self, cfg: RunConfig, name: str):
         from megatron.core import parallel_state as ps
@@ -208,6 +216,9 @@ class TrainingRun:
         self.peak = peak_flops(dev, "fp8" if cfg.precision.fp8 else "bf16") if dev else None
         self.t_start, self.first, self.last = time.time(), None, None
         self.step_ended = self.t_start  # when the last step ended: the deadline's step time
+        self.step_s: float | None = None  # the last step's length
+        self.saved_step = start if self.latest is not None else -1  # the step of the newest checkpoint
+        self.stop_within_step = self.late_within_step = False  # decided by stop_at_phase
 
     # ---------------------------------------------------------------------------------- the loop
     def loop(self, train_step: Callable[[int], dict], cursor: Callable[[int], dict], *,
@@ -220,7 +231,11 @@ class TrainingRun:
         step = self.start
         try:
             while step < self.total_steps:
-                record = train_step(step)
+                try:
+                    record = train_step(step)
+                except StepAbandoned as stop:
+                    self.abandon_step(step, stop.phase, cursor(step))
+                    break
                 step += 1
                 if self.end_step(step, record, cursor(step)):
                     break
@@ -253,27 +268,56 @@ class TrainingRun:
         self.last = record["loss"]
         now = time.time()
         step_s, self.step_ended = now - self.step_ended, now
-        late = step < self.total_steps and self.deadline.too_close(step_s)
-        stopped = self.stop.requested(self.device, also=late)
+        self.step_s = step_s
+        late = self.late_within_step or (step < self.total_steps and self.deadline.too_close(step_s))
+        stopped = self.stop.requested(self.device, also=late) or self.stop_within_step
         if stopped or step == self.total_steps or step % self.cfg.train.save_interval == 0:
-            t0 = time.time()
-            self.save(step, cursor)
-            self.deadline.saved(time.time() - t0)
-        if stopped and late:
+            self.timed_save(step, cursor)
+        if stopped:
+            self.announce_stop(step, late, f"a step takes ~{step_s:.0f} s")
+        return stopped
+
+    # ---------------------------------------------------------------------------------- stopping inside a step
+    def stop_at_phase(self, rest_s: float = 0.0) -> bool:
+        """Collective, at a point inside a long step where stopping is safe (RL: after generation, before
+        the weight push): whether a stop signal reached any rank, or the step's remaining phases (`rest_s`,
+        judged from the last step) and a save would overrun the time limit. A step that answers True
+        before it changed the model raises :class:`StepAbandoned`; after, it skips what is left and the
+        loop stops at its end."""
+        late = self.step_s is not None and self.deadline.too_close(rest_s, step_s=0.0)
+        if self.stop.requested(self.device, also=late):
+            self.stop_within_step, self.late_within_step = True, late
+            return True
+        return False
+
+    def abandon_step(self, step: int, phase: str, cursor: dict) -> None:
+        """The step after `step` stopped before it changed the model: the state is that of the end of
+        `step`, saved if it is not already, and the rerun trains the whole step again."""
+        if step > max(self.saved_step, 0):  # nothing to save before the first step
+            self.timed_save(step, cursor)
+        self.announce_stop(step, self.late_within_step, f"stopped during step {step + 1}'s {phase}")
+
+    def timed_save(self, step: int, cursor: dict | None) -> None:
+        t0 = time.time()
+        self.save(step, cursor)
+        self.deadline.saved(time.time() - t0)
+
+    def announce_stop(self, step: int, late: bool, detail: str) -> None:
+        if late:
             if self.rt.is_main:  # a Slurm job requeues itself on it
                 (self.run_dir / TIME_LIMIT_MARK).write_text(f"saved after step {step}\n")
-            self.log(f"stopping before {self.deadline.source} ({self.deadline.left():.0f} s left; a step takes "
-                     f"~{step_s:.0f} s, a save ~{self.deadline.save_s:.0f} s): checkpoint saved after step {step}; "
-                     "rerun the same command to resume")
-        elif stopped:
-            self.log(f"stopping on {self.stop.name()} after step {step}: checkpoint saved; rerun the same "
-                     "command to resume")
-        self.stopped = "time_limit" if stopped and late else stopped
-        return stopped
+            self.log(f"stopping before {self.deadline.source} ({self.deadline.left():.0f} s left; {detail}, a save "
+                     f"~{self.deadline.save_s:.0f} s): checkpoint saved after step {step}; rerun the same command "
+                     "to resume")
+        else:
+            self.log(f"stopping on {self.stop.name()} ({detail}): checkpoint saved after step {step}; rerun the "
+                     "same command to resume")
+        self.stopped = "time_limit" if late else True
 
     def save(self, step: int, cursor: dict | None = None) -> Path:
         for other in self.companions:
             other.save(step)
+        self.saved_step = step
         return self.ckpts.save(
             step, self.model, optimizer=self.optimizer, per_rank=rng_state(),
             arch=self.arch, dtype=TORCH_DTYPES[self.cfg.precision.params_dtype], hf_config=self.init.hf_config,

@@ -110,6 +110,12 @@ class RolloutDriver:
         return {"weight_push_s": time.time() - t0, "weight_push_bytes": sent}
 
 
+def after_generation_s(tr, drawn: StepRollouts) -> float:
+    """How long the rest of a step should take once its rollouts are in: the last step's length less
+    this step's wait for them (0 before the first step ended)."""
+    return max((tr.step_s or 0.0) - drawn.generation_s, 0.0)
+
+
 def start_rollouts(tr, chunks, data: RlvrData) -> RolloutDriver:
     """The engine rlvr.engine names, started for the policy `chunks` of the run `tr` (after resume), and
     the per-step rollouts drawn from it."""

@@ -31,10 +31,10 @@ from functools import partial
 import numpy as np
 import torch
 
-from tulu_mcore.algorithms.rlvr.driver import RolloutDriver, start_rollouts
+from tulu_mcore.algorithms.rlvr.driver import RolloutDriver, after_generation_s, start_rollouts
 from tulu_mcore.algorithms.rlvr.prompts import load_rlvr_data
 from tulu_mcore.config.schema import RlvrConfig, RunConfig
-from tulu_mcore.training.run import TrainingRun
+from tulu_mcore.training.run import StepAbandoned, TrainingRun
 from tulu_mcore.training.setup import current_lr
 from tulu_mcore.training.step import forward_outputs, optimizer_step, packed_forward, reduce_report
 
@@ -87,6 +87,8 @@ def grpo_step(tr: TrainingRun, rollouts: RolloutDriver, reference, step: int) ->
     """Rollouts of `step`'s prompts, then rlvr.minibatches optimizer steps on them; the metrics record."""
     cfg, opts = tr.cfg, tr.cfg.rlvr
     drawn = rollouts.step(step, tr.total_steps)
+    if tr.stop_at_phase(rest_s=after_generation_s(tr, drawn)):  # a stop signal during a long generation
+        raise StepAbandoned("generation")
     batch = drawn.batch
     tr.metrics.samples(step + 1, batch, rollouts)  # a few as text in samples.jsonl (metrics.samples_every)
     batch.set_advantages(group_advantages(batch.scores))
@@ -120,7 +122,7 @@ def grpo_step(tr: TrainingRun, rollouts: RolloutDriver, reference, step: int) ->
         reports.append(reduce_report(losses, "grpo", REPORT))
         all_rows += rows
         ok = ok and part_ok
-    pushed = rollouts.push(tr.model, tr.arch)
+    pushed = {} if tr.stop_at_phase() else rollouts.push(tr.model, tr.arch)  # stopping: no push, saved next
     loss, tokens, kl, _, clipped, ratio_dev = torch.stack(reports).sum(0).tolist()
     first_tokens, agree = reports[0][1].item(), reports[0][3].item()  # before this step's updates
     return {

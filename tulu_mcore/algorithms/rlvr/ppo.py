@@ -35,11 +35,11 @@ import torch
 import torch.distributed as dist
 
 from tulu_mcore.algorithms.rlvr.batch import RolloutBatch, is_replica_reporter
-from tulu_mcore.algorithms.rlvr.driver import RolloutDriver, start_rollouts
+from tulu_mcore.algorithms.rlvr.driver import RolloutDriver, after_generation_s, start_rollouts
 from tulu_mcore.algorithms.rlvr.prompts import load_rlvr_data
 from tulu_mcore.algorithms.rlvr.value import ValueModel
 from tulu_mcore.config.schema import RlvrConfig, RunConfig
-from tulu_mcore.training.run import TrainingRun
+from tulu_mcore.training.run import StepAbandoned, TrainingRun
 from tulu_mcore.training.setup import current_lr
 from tulu_mcore.training.step import forward_outputs, optimizer_step, packed_forward, reduce_report
 
@@ -182,6 +182,8 @@ def ppo_step(tr: TrainingRun, rollouts: RolloutDriver, reference, value: ValueMo
     and of the value model; the metrics record."""
     opts, seq = tr.cfg.rlvr, tr.cfg.train.seq_length
     drawn = rollouts.step(step, tr.total_steps)
+    if tr.stop_at_phase(rest_s=after_generation_s(tr, drawn)):  # a stop signal during a long generation
+        raise StepAbandoned("generation")
     batch = drawn.batch
     tr.metrics.samples(step + 1, batch, rollouts)  # a few as text in samples.jsonl (metrics.samples_every)
     t_gen = time.time()
@@ -202,7 +204,7 @@ def ppo_step(tr: TrainingRun, rollouts: RolloutDriver, reference, value: ValueMo
         v = reduce_report(v_losses, "value", VALUE_REPORT).tolist()
         clipped, approx_kl, v_clipped = clipped + p[2] / p[1], approx_kl + p[3] / p[1], v_clipped + v[2] / v[1]
     t_train = time.time()
-    pushed = rollouts.push(tr.model, tr.arch)
+    pushed = {} if tr.stop_at_phase() else rollouts.push(tr.model, tr.arch)  # stopping: no push, saved next
     (loss, tokens, *_), (v_loss, v_positions, _, v_sq) = p, v  # the last pass
     n_epochs = opts.ppo_epochs
     return {
