@@ -3,8 +3,11 @@ refused launcher settings, the vLLM engine's step (one node, and several without
 node/task arithmetic of every srun line of every golden experiment's script."""
 
 import importlib.util
+import os
 import re
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -103,8 +106,38 @@ def test_torchrun_per_node_variant():
             "    /venv/bin/python -m torch.distributed.run --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d "
             '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" -m tulu_mcore.cli.train') in text
     # the workers (not torchrun, which SIGUSR1 would kill) get the time-limit warning
-    assert "srun --overlap --nodes=2 --ntasks=2 --ntasks-per-node=1 pkill -USR1 -f -- '-u -m tulu_mcore.cli.train'" in text
+    assert "srun --overlap --nodes=2 --ntasks=2 --ntasks-per-node=1 bash -c 'for p in $(pgrep" in text
     assert "export NCCL" not in text
+
+
+def test_the_time_limit_warning_reaches_this_jobs_trainers_only(tmp_path):
+    """The torchrun_per_node SIGUSR1 helper, as rendered, run on a "node" where two jobs' trainers match
+    the same command line: only the trainers of the job it runs in are signalled."""
+    import shlex
+
+    text = render(["recipe=sft", "launcher=slurm", "launcher.process_model=torchrun_per_node", "run.dir=/r"],
+                  workdir="/w", python="python")
+    helper = shlex.split(re.search(r"--ntasks-per-node=1 (bash -c .*)$", text, re.MULTILINE).group(1))
+    trainer = ("import signal, sys, time, pathlib; "
+               "signal.signal(signal.SIGUSR1, lambda *a: (pathlib.Path(sys.argv[1]).write_text('USR1'), sys.exit(0))); "
+               "pathlib.Path(sys.argv[1] + '.up').touch(); time.sleep(60)")
+    procs = {}
+    for job in ("101", "202"):  # a trainer of this job (101) and one of another job
+        script = tmp_path / "-u -m tulu_mcore.cli.train"  # what pgrep looks for in the command line
+        script.write_text(trainer.replace("; ", "\n"))
+        env = {**os.environ, "SLURM_JOB_ID": job}
+        procs[job] = subprocess.Popen([sys.executable, str(script), str(tmp_path / job)], env=env)
+    try:
+        deadline = time.time() + 20
+        while not all((tmp_path / f"{job}.up").exists() for job in procs) and time.time() < deadline:
+            time.sleep(0.05)
+        subprocess.run(helper, env={**os.environ, "SLURM_JOB_ID": "101"}, check=True, timeout=30)
+        assert procs["101"].wait(timeout=20) == 0 and (tmp_path / "101").read_text() == "USR1"
+        time.sleep(0.5)
+        assert procs["202"].poll() is None and not (tmp_path / "202").exists()  # the other job's: untouched
+    finally:
+        for proc in procs.values():
+            proc.kill()
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -215,14 +248,14 @@ def test_every_golden_srun_states_its_nodes_and_tasks(experiment, process_model)
     per_node = lc.ranks_per_node if process_model == "srun_per_rank" else 1
     assert int(header["ntasks-per-node"]) == per_node
     steps = srun_steps(text)
-    trainers = [s for s in steps if "tulu_mcore.cli.train" in s]
+    trainers = [s for s in steps if "tulu_mcore.cli.train" in s or "pgrep" in s]  # the launch, the SIGUSR1 helper
     engines = [s for s in steps if "server.py" in s]
     assert len(trainers) == (2 if process_model == "torchrun_per_node" else 1) and len(engines) == (engine_nodes > 0)
     assert len(trainers) + len(engines) == len(steps), steps
     for step in trainers:
         nodes, tasks, tpn = (int(opt(step, k)) for k in ("nodes", "ntasks", "ntasks-per-node"))
-        launch_step = "pkill" not in step
-        want_tpn = per_node if launch_step else 1  # the SIGUSR1 helper: one pkill per trainer node
+        launch_step = "pgrep" not in step
+        want_tpn = per_node if launch_step else 1  # the SIGUSR1 helper: one per trainer node
         assert (nodes, tpn, tasks) == (lc.nodes, want_tpn, lc.nodes * want_tpn), step[:200]
         assert tpn <= int(header["ntasks-per-node"]) or not launch_step
         if engine_nodes:
@@ -238,7 +271,7 @@ def test_every_golden_srun_states_its_nodes_and_tasks(experiment, process_model)
         assert (f"--nnodes {engine_nodes} " in step) == multi and ('--node-rank "$SLURM_PROCID"' in step) == multi
         assert f"--tp {cfg.rlvr.vllm.tp} " in step and cfg.rlvr.vllm.tp % engine_nodes == 0
     if process_model == "torchrun_per_node":
-        launch = [s for s in trainers if "pkill" not in s]
+        launch = [s for s in trainers if "pgrep" not in s]
         assert len(launch) == 1 and f"--nnodes={lc.nodes} --nproc-per-node={lc.ranks_per_node}" in launch[0]
     if experiment == "tulu3_405b_rlvr_ppo":  # the issue's case: 16-way TP on 2 engine nodes, 32 trainer nodes
         assert engine_nodes == 2 and (header["nodes"], cfg.rlvr.vllm.tp) == ("34", 16)

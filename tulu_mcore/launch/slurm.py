@@ -60,6 +60,11 @@ ENV_PROFILES: dict[str, dict[str, str]] = {
 }
 PROCESS_MODELS = ("srun_per_rank", "torchrun_per_node")
 TRAIN_MODULE = "tulu_mcore.cli.train"
+# SIGUSR1 to the trainer processes on this node that belong to this Slurm job. "[-]u" matches "-u" but
+# not itself: the helper's own command line (and srun's) holds the pattern and must not match it
+SIGNAL_THIS_JOBS_TRAINERS = ('for p in $(pgrep -u "$(id -u)" -f -- "[-]u -m ' + TRAIN_MODULE.replace(".", "[.]")
+                             + '"); do grep -qsxz "SLURM_JOB_ID=$SLURM_JOB_ID" /proc/$p/environ && kill -USR1 $p; '
+                             'done; true')
 TIME_LIMIT_MARK = "STOPPED_BEFORE_TIME_LIMIT"  # in run.dir: the trainer saved and stopped in time; requeue
 SUBMIT_DIR = '"$SLURM_SUBMIT_DIR"'  # the working directory of a script rendered with workdir=None
 
@@ -137,10 +142,11 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
     ]
     if lc.process_model == "srun_per_rank":
         body.append('  kill -USR1 "$STEP" 2>/dev/null  # srun passes it to every task')
-    else:  # torchrun would die of SIGUSR1: signal its workers (started as `python -u -m ...`) directly
+    else:  # torchrun would die of SIGUSR1: signal its workers (started as `python -u -m ...`) directly,
+        # this job's only (a shared node may run other jobs' trainers): their environment names the job
         nodelist = ' --nodelist="$TRAIN_NODES"' if engine else ""
         body.append(f"  srun --overlap --nodes={lc.nodes} --ntasks={lc.nodes} --ntasks-per-node=1{nodelist} "
-                    f"pkill -USR1 -f -- '-u -m {TRAIN_MODULE}'")
+                    f"bash -c {q(SIGNAL_THIS_JOBS_TRAINERS)}")
     body += ["}", "trap on_usr1 USR1", ""]
     # the trainers' step: their nodes and tasks only (never the engine's nodes)
     srun = ["srun", "--kill-on-bad-exit=1", "--wait=60", f"--nodes={lc.nodes}", f"--ntasks={lc.nodes * per_node}",
