@@ -160,7 +160,7 @@ def test_rlvr_with_vllm_engine_gets_its_own_nodes_and_srun_step():
             'ENGINE_HOST=${NODES[1]}\n') in text
     engine = text[text.index('srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --nodelist="$ENGINE_NODES"'):
                   text.index("ENGINE_STEP=$!")]
-    assert "/vllm/bin/python " in engine and "vllm_side/server.py --model /r/engine/model --host 0.0.0.0" in engine
+    assert "/vllm/bin/python " in engine and "vllm_side/server.py --model /r/engine/model --host \"$ENGINE_HOST\"" in engine
     assert "--tp 8 --dtype bfloat16 --max-model-len 4096" in engine and engine.rstrip().endswith("2>&1 &")
     assert "--nnodes" not in engine and "--node-rank" not in engine  # one node: the engine as before
     trainer = text[text.index("srun --kill-on-bad-exit=1"):text.index("STEP=$!\n# wait")]
@@ -183,7 +183,7 @@ export TULU_ENGINE_AUTHKEY=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'
 # task 0 on ENGINE_HOST (the master address) serves the trainers, the others run headless workers
 srun --nodes=2 --ntasks=2 --ntasks-per-node=1 --nodelist="$ENGINE_NODES" --gpus-per-node=8 --kill-on-bad-exit=1 \
     env PYTHONPATH=/side bash -c 'exec "$@" --node-rank "$SLURM_PROCID"' engine \
-    /vllm/bin/python /side/server.py --model /r/engine/model --host 0.0.0.0 --port "$ENGINE_PORT" --tp 16 --dtype bfloat16 --max-model-len 3072 --seed 1234 --gpu-memory-utilization 0.85 --enforce-eager --nnodes 2 --master-addr "$ENGINE_HOST" --master-port "$((ENGINE_PORT + 1))" >> /r/logs/engine-"$SLURM_JOB_ID".log 2>&1 &
+    /vllm/bin/python /side/server.py --model /r/engine/model --host "$ENGINE_HOST" --port "$ENGINE_PORT" --tp 16 --dtype bfloat16 --max-model-len 3072 --seed 1234 --gpu-memory-utilization 0.85 --enforce-eager --nnodes 2 --master-addr "$ENGINE_HOST" --master-port "$((ENGINE_PORT + 1))" >> /r/logs/engine-"$SLURM_JOB_ID".log 2>&1 &
 ENGINE_STEP=$!
 """
 
@@ -285,3 +285,35 @@ def test_launch_warns_when_a_job_is_too_short_for_the_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "161 steps x" in err and "more than launcher.max_restarts=3: raise it or launcher.time" in err
     assert "a save every 25 steps" in err
+
+
+def test_container_paths_must_keep_their_path_inside_the_container():
+    """The trainers write run.dir inside the container, the batch script reads its logs and marks outside:
+    run.dir and the working directory must lie under a mount that keeps its path."""
+    base = ["recipe=sft", "launcher=slurm", 'launcher.container_image="nvcr.io#nvidia/pytorch:25.01-py3"']
+    ok = render([*base, "launcher.container_mounts=[/lustre:/lustre]", "run.dir=/lustre/runs/a"],
+                workdir="/lustre/tulu", python="python")
+    assert "--container-mounts=/lustre:/lustre --container-workdir=/lustre/tulu" in ok
+    for mounts, run_dir, workdir, bad in (
+            ("[/lustre:/data]", "/lustre/runs/a", "/lustre/tulu", "run.dir /lustre/runs/a"),  # moved inside
+            ("[/lustre:/lustre]", "/scratch/runs/a", "/lustre/tulu", "run.dir /scratch/runs/a"),  # not mounted
+            ("[/lustre:/lustre]", "/lustre/runs/a", "/home/me/tulu", "the working directory /home/me/tulu"),
+            ("[]", "/lustre/runs/a", "/lustre/tulu", "run.dir /lustre/runs/a")):
+        with pytest.raises(UserError, match=f"{bad} is not under a container mount that keeps its path"):
+            render([*base, f"launcher.container_mounts={mounts}", f"run.dir={run_dir}"], workdir=workdir,
+                   python="python")
+    # a working directory inside the image (launcher.container_workdir) is the user's statement
+    render([*base, "launcher.container_mounts=[/lustre:/lustre:ro]", "launcher.container_workdir=/workspace/tulu",
+            "run.dir=/lustre/runs/a"], workdir="/home/me/tulu", python="python")
+
+
+def test_the_engine_step_runs_in_the_container_too():
+    args = ["experiment=tulu31_8b_rlvr_grpo", "launcher=slurm", "run.dir=/lustre/r",
+            'launcher.container_image="nvcr.io#nvidia/pytorch:25.01-py3"', "launcher.container_mounts=[/lustre:/lustre]",
+            "rlvr.vllm.python=/opt/vllm-env/bin/python"]
+    text = render(args, workdir="/lustre/tulu", python="python")
+    steps = srun_steps(text)
+    engine = [s for s in steps if "server.py" in s]
+    assert len(engine) == 1 and len([s for s in steps if "--container-image=" in s]) == 2
+    assert ("--container-image='nvcr.io#nvidia/pytorch:25.01-py3' --container-mounts=/lustre:/lustre "
+            "--container-workdir=/lustre/tulu") in engine[0]

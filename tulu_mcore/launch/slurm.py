@@ -30,12 +30,12 @@ no path of the machine that rendered it.
 
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
+from tulu_mcore.config.durations import parse_duration
 from tulu_mcore.config.schema import LauncherConfig, RunConfig
 from tulu_mcore.errors import UserError
 from tulu_mcore.launch.engine import ENGINE_DIR, SIDE_DIR, server_args
@@ -77,13 +77,50 @@ def check(lc: LauncherConfig) -> None:
         problems.append(f"launcher.env_profile={lc.env_profile!r}: choose one of {sorted(ENV_PROFILES)}")
     if lc.nodes < 1 or lc.ranks_per_node < 1:
         problems.append("launcher.nodes and launcher.ranks_per_node must be >= 1")
-    if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", str(lc.time)):
-        problems.append(f"launcher.time={lc.time!r}: use Slurm's format, e.g. 04:00:00 or 2-00:00:00")
+    try:
+        parse_duration(lc.time, "launcher.time", slurm=True)  # the reading tulu-plan sizes the jobs with
+    except UserError as e:
+        problems.append(f"{e} (Slurm's format, e.g. 04:00:00 or 2-00:00:00; a bare number is minutes)")
     if lc.signal_seconds < 60:
         problems.append(f"launcher.signal_seconds={lc.signal_seconds}: Slurm may signal up to 60 s early; use >= 60 "
                         "(and enough to save a checkpoint)")
     if problems:
         raise UserError("\n".join(problems))
+
+
+def container_paths(lc: LauncherConfig, run_dir: Path, workdir: str | None) -> None:
+    """With a container, the trainers write run.dir inside it and the batch script (outside) reads its
+    logs and marks there, and the job works in `workdir` both inside and out: each must lie under a
+    mount that keeps its path (``/lustre:/lustre``), else the two sides see different directories."""
+    if not lc.container_image:
+        return
+    same = []
+    for m in lc.container_mounts:
+        src, _, rest = str(m).partition(":")
+        dst = rest.split(":")[0] if rest else src
+        if src == dst and src.startswith("/"):
+            same.append(Path(src))
+    where = {"run.dir": run_dir} if run_dir.is_absolute() else {}
+    if workdir and not lc.container_workdir:
+        where["the working directory"] = Path(workdir)
+    problems = [f"{what} {path} is not under a container mount that keeps its path"
+                for what, path in where.items() if not any(path == m or m in path.parents for m in same)]
+    if problems:
+        raise UserError("; ".join(problems) + f" (launcher.container_mounts={list(lc.container_mounts)}): inside "
+                        "the container it would be another directory than the batch script sees; add the "
+                        "file system as 'SRC:SRC', e.g. launcher.container_mounts=[/lustre:/lustre]")
+
+
+def container_flags(lc: LauncherConfig, cwd: str) -> list[str]:
+    """pyxis options of an srun step (trainers and engine alike) for launcher.container_*."""
+    if not lc.container_image:
+        return []
+    q = shlex.quote
+    flags = [f"--container-image={q(lc.container_image)}"]
+    if lc.container_mounts:
+        flags.append(f"--container-mounts={q(','.join(lc.container_mounts))}")
+    flags.append(f"--container-workdir={q(lc.container_workdir) if lc.container_workdir else cwd}")
+    return flags
 
 
 def job_name(cfg: RunConfig) -> str:
@@ -97,6 +134,7 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
     lc = cfg.launcher
     check(lc)
     run_dir = Path(cfg.run.dir)
+    container_paths(lc, run_dir, workdir)
     per_node = lc.ranks_per_node if lc.process_model == "srun_per_rank" else 1
     q = shlex.quote
     cwd = q(workdir) if workdir else SUBMIT_DIR
@@ -105,7 +143,7 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
         h.append(f"# tulu-launch {command_line}")
     h.append("# written by tulu-launch; to change it, rerun tulu-launch (launcher.dry_run=true prints it)")
     # a portable script (workdir=None) finds the engine's files in the checkout it was submitted from
-    engine = engine_step(cfg, SIDE_DIR if workdir else SIDE_DIR.relative_to(SIDE_DIR.parents[2]))
+    engine = engine_step(cfg, SIDE_DIR if workdir else SIDE_DIR.relative_to(SIDE_DIR.parents[2]), cwd)
     opts = [f"--job-name={job_name(cfg)}", f"--nodes={lc.nodes + (lc.engine_nodes if engine else 0)}",
             f"--ntasks-per-node={per_node}"]
     if lc.gpus:
@@ -155,11 +193,7 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
         body += engine
         srun.append('--nodelist="$TRAIN_NODES"')
         train_args = [*train_args, "rlvr.vllm.address=$ENGINE_HOST:$ENGINE_PORT"]
-    if lc.container_image:
-        srun.append(f"--container-image={q(lc.container_image)}")
-        if lc.container_mounts:
-            srun.append(f"--container-mounts={q(','.join(lc.container_mounts))}")
-        srun.append(f"--container-workdir={q(lc.container_workdir) if lc.container_workdir else cwd}")
+    srun += container_flags(lc, cwd)
     if lc.process_model == "srun_per_rank":
         cmd = [q(python), "-m", TRAIN_MODULE]
     else:
@@ -189,7 +223,7 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
     return "\n".join(h + body) + "\n"
 
 
-def engine_step(cfg: RunConfig, side_dir: Path = SIDE_DIR) -> list[str]:
+def engine_step(cfg: RunConfig, side_dir: Path = SIDE_DIR, workdir: str = SUBMIT_DIR) -> list[str]:
     """The script lines that start the vLLM engine on its own nodes (none when the run has no such
     engine); `side_dir`: the engine's files (``rollout/vllm_side``) as the job finds them.
 
@@ -212,7 +246,8 @@ def engine_step(cfg: RunConfig, side_dir: Path = SIDE_DIR) -> list[str]:
                         f"tp / engine_nodes GPUs on each node; use a tp divisible by {n}, or fewer engine nodes")
     q = shlex.quote
     model_dir = Path(cfg.run.dir) / ENGINE_DIR / "model"  # written by tulu-launch (write_engine_config)
-    server = [q(r.vllm.python), q(str(side_dir / "server.py")), "--model", q(str(model_dir)), "--host", "0.0.0.0",
+    # bound to the engine node's address the trainers dial, not to every interface
+    server = [q(r.vllm.python), q(str(side_dir / "server.py")), "--model", q(str(model_dir)), '--host "$ENGINE_HOST"',
               '--port "$ENGINE_PORT"', *map(q, server_args(cfg))]
     gpus = f" --gpus-per-node={lc.ranks_per_node}" if lc.gpus else ""
     lines = [
@@ -232,7 +267,9 @@ def engine_step(cfg: RunConfig, side_dir: Path = SIDE_DIR) -> list[str]:
         start += " bash -c 'exec \"$@\" --node-rank \"$SLURM_PROCID\"' engine"
         server += ["--nnodes", str(n), '--master-addr "$ENGINE_HOST"', '--master-port "$((ENGINE_PORT + 1))"']
     command = " ".join(server) + f' >> {q(str(Path(cfg.run.dir) / "logs"))}/engine-"$SLURM_JOB_ID".log 2>&1 &'
-    srun = f'srun --nodes={n} --ntasks={n} --ntasks-per-node=1 --nodelist="$ENGINE_NODES"{gpus} --kill-on-bad-exit=1 \\'
+    container = "".join(f" {f}" for f in container_flags(lc, workdir))  # the same image holds /opt/vllm-env
+    srun = (f'srun --nodes={n} --ntasks={n} --ntasks-per-node=1 --nodelist="$ENGINE_NODES"{gpus}{container} '
+            '--kill-on-bad-exit=1 \\')
     step = [f"    {start} \\", f"    {command}"] if n > 1 else [f"    {start} {command}"]
     return [*lines, srun, *step, "ENGINE_STEP=$!", ""]
 
