@@ -12,18 +12,25 @@ no Ray: ``--nnodes N --node-rank R --master-addr HOST --master-port PORT``, the 
 node): node 0 serves the trainer, nodes 1.. run vLLM's headless workers for their share of the TP ranks
 (weight chunks then travel through vLLM's RPC channel, not shared memory). Requests (pickled dicts
 over multiprocessing.connection, answered in order): generate, begin/load/end of a weight update,
-load_dir (safetensors on disk), info, shutdown. Every weight update ends with a prefix-cache reset and a
-new weight version, which each generation reports.
+load_dir (safetensors on disk), info, shutdown; nothing else is called. Each connection proves the key
+(TULU_ENGINE_AUTHKEY) within a few seconds before anything of it is unpickled; a connection that does
+not (a port scan, a wrong key, silence) is logged, closed, and the engine goes on serving. Every weight
+update ends with a prefix-cache reset and a new weight version, which each generation reports.
 """
 
 import argparse
 import json
 import os
+import socket
+import struct
 import sys
 import tempfile
 import time
 import traceback
-from multiprocessing.connection import Listener
+from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
+
+OPS = ("generate", "begin", "load", "end", "load_dir", "info")  # and "shutdown"
+HANDSHAKE_S = 10.0  # a connection proves the key within this, or is dropped
 
 
 def engine_kwargs(args) -> dict:
@@ -123,16 +130,17 @@ class Server:
 
     def _load_via_file(self, packed):
         fd, path = tempfile.mkstemp(dir=self.shm_dir, prefix="tulu-weights-")
+        # the name goes at once: the workers open the file through this process's descriptor, and its
+        # memory returns when the descriptor closes, however the engine ends (a kill mid-push included)
+        os.unlink(path)
         meta, offset = [], 0
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for name, dtype, shape, data in packed:
-                    f.write(data)
-                    meta.append((name, dtype, list(shape), offset, len(data)))
-                    offset += len(data)
-            self.llm.collective_rpc("tulu_load_file", args=(path, meta))
-        finally:
-            os.unlink(path)
+        with os.fdopen(fd, "wb") as f:
+            for name, dtype, shape, data in packed:
+                f.write(data)
+                meta.append((name, dtype, list(shape), offset, len(data)))
+                offset += len(data)
+            f.flush()
+            self.llm.collective_rpc("tulu_load_file", args=(f"/proc/{os.getpid()}/fd/{fd}", meta))
         return {"tensors": len(packed)}
 
     def end(self, version):
@@ -169,26 +177,75 @@ def watch_engine_core(llm) -> None:
     threading.Thread(target=watch, daemon=True, name="engine-core-watch").start()
 
 
-def serve(server: Server, listener: Listener, exit_with_client: bool) -> None:
+def _timeouts(sock: socket.socket, seconds: float) -> None:
+    """Kernel send/receive timeouts on `sock` (0: none); they hold for the raw descriptor that
+    multiprocessing's Connection reads."""
+    value = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def accept(listener: socket.socket, key: bytes, handshake_s: float = HANDSHAKE_S):
+    """The next connection that proves `key` within `handshake_s` (multiprocessing's challenge, both
+    ways, as its Listener does), or None for one that does not."""
+    sock, peer = listener.accept()
+    try:
+        _timeouts(sock, handshake_s)
+        conn = Connection(sock.detach())
+    except OSError:
+        sock.close()
+        return None
+    try:
+        deliver_challenge(conn, key)
+        answer_challenge(conn, key)
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        _timeouts(sock, 0)  # a trainer may stay silent for a whole training step
+        sock.close()
+        return conn
+    except (AuthenticationError, OSError, EOFError, ValueError) as e:
+        print(f"[engine] refused a connection from {peer[0]}:{peer[1]}: {type(e).__name__}: {e}", flush=True)
+        conn.close()
+        return None
+
+
+def handle(server: Server, request) -> dict:
+    if not isinstance(request, dict) or request.get("op") not in OPS:
+        op = request.get("op") if isinstance(request, dict) else type(request).__name__
+        return {"ok": False, "error": f"unknown request {op!r}: one of {', '.join(OPS)} or shutdown"}
+    op = request.pop("op")
+    try:
+        return {"ok": True, **getattr(server, op)(**request)}
+    except Exception:
+        return {"ok": False, "error": traceback.format_exc()}
+
+
+def serve(server: Server, listener: socket.socket, key: bytes, exit_with_client: bool,
+          handshake_s: float = HANDSHAKE_S) -> None:
+    """Requests from one authenticated connection at a time, until a shutdown request (or, with
+    `exit_with_client`, until the first authenticated connection ends)."""
     while True:
-        conn = listener.accept()
+        conn = accept(listener, key, handshake_s)
+        if conn is None:
+            continue
         with conn:
             while True:
                 try:
                     request = conn.recv()
-                except (EOFError, ConnectionError):
+                except (EOFError, OSError):
                     break  # the trainer went away
-                op = request.pop("op")
-                if op == "shutdown":
+                except Exception as e:  # an unreadable request: the connection ends, the engine serves on
+                    print(f"[engine] dropped a connection: unreadable request ({type(e).__name__}: {e})", flush=True)
+                    break
+                if isinstance(request, dict) and request.get("op") == "shutdown":
                     conn.send({"ok": True})
                     return
                 t0 = time.time()
-                try:
-                    reply = {"ok": True, **getattr(server, op)(**request)}
-                except Exception:
-                    reply = {"ok": False, "error": traceback.format_exc()}
+                reply = handle(server, request)
                 reply["seconds"] = time.time() - t0
-                conn.send(reply)
+                try:
+                    conn.send(reply)
+                except OSError:
+                    break
         if exit_with_client:
             return
 
@@ -231,8 +288,8 @@ def main(argv=None) -> None:
         sys.exit("error: set TULU_ENGINE_AUTHKEY (hex) to the key the trainer uses")
     llm = build_llm(args)
     watch_engine_core(llm)
-    listener = Listener((args.host, args.port), authkey=bytes.fromhex(key))
-    host, port = listener.address
+    listener = socket.create_server((args.host, args.port), backlog=16)
+    host, port = listener.getsockname()[:2]
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
@@ -241,7 +298,8 @@ def main(argv=None) -> None:
     print(f"[engine] serving on {host}:{port}", flush=True)
     # workers on other nodes cannot read this node's shared memory: the RPC channel reaches them all
     shm = args.handoff_dir if args.handoff_dir != "none" and args.nnodes == 1 else None
-    serve(Server(llm, shm_dir=shm if shm and os.path.isdir(shm) else None), listener, args.exit_with_client)
+    serve(Server(llm, shm_dir=shm if shm and os.path.isdir(shm) else None), listener, bytes.fromhex(key),
+          args.exit_with_client)
     print("[engine] shut down", flush=True)
 
 
