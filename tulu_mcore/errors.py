@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
@@ -45,6 +46,13 @@ def cli_errors(main):
             for line in str(e).splitlines() or [type(e).__name__]:
                 print(f"error: {line}", file=sys.stderr)
             sys.exit(e.exit_code)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            print(f"error: no space left on device{f' writing {e.filename}' if e.filename else ''}: free space "
+                  "there (checkpoints, data caches and logs are written to run.dir and data.cache_dir), then rerun",
+                  file=sys.stderr)
+            sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

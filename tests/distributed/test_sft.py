@@ -269,3 +269,22 @@ def test_bf16_with_fp32_main_weights_tracks_fp32(sft_hf, data_cache, tmp_path):
         assert abs(a["loss"] - b["loss"]) <= 2e-2 * abs(a["loss"]), (a["step"], a["loss"], b["loss"])
     exported = json.loads((runs["bf16"] / "hf" / "config.json").read_text())
     assert exported.get("torch_dtype", exported.get("dtype")) == "bfloat16"  # exported in the training dtype
+
+
+def test_a_full_disk_is_one_clear_error_and_loses_no_checkpoint(data_cache, tmp_path):
+    """run.dir on a 1 MiB file system: the first save stops the run with "no space left on <path>" (the
+    size it needs and what is free), no traceback, no partial checkpoint left behind."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        run = mount / "run"
+        proc = train(sft_args(run, data_cache, "train.max_steps=2", "train.export_hf=false"), check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert (f"error: no space left on the file system of {run / 'checkpoints' / 'step_00000002.partial'}: "
+                "the checkpoint needs ~") in proc.stderr and "KiB are free" in proc.stderr, proc.stderr[-2000:]
+        assert not list((run / "checkpoints").glob("*.partial")) and not (run / "checkpoints" / "latest").exists()
+        assert [m["step"] for m in metrics(run)] == [1, 2]  # trained; only the save did not fit
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

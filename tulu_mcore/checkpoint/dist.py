@@ -14,6 +14,7 @@ interrupted save never leaves a directory that looks complete.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import time
@@ -87,6 +88,42 @@ def _own_storage(state: dict[str, Any], chunks, release: bool) -> None:
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
 
+def _bytes_everywhere(state: dict[str, Any]) -> int:
+    """Collective: the bytes of the tensors every rank is about to write."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, is_main_replica
+
+    mine = sum(v.data.numel() * v.data.element_size() for v in nested_values(state)
+               if isinstance(v, ShardedTensor) and v.data is not None and is_main_replica(v.replica_id))
+    total = torch.tensor([mine], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    return int(total.item())
+
+
+def _size(n: float) -> str:
+    return next(f"{n / 2**s:.1f} {u}" for s, u in ((30, "GiB"), (20, "MiB"), (10, "KiB")) if n >= 2**s) \
+        if n >= 1024 else f"{int(n)} bytes"
+
+
+def _no_space(path: Path, need: int, free: int) -> str:
+    return (f"no space left on the file system of {path}: the checkpoint needs ~{_size(need)}, {_size(free)} "
+            "are free; the checkpoints saved before are untouched. Free space (or lower train.keep_last), then "
+            "rerun the same command to resume")
+
+
+def _check_space(path: Path, need: int) -> None:
+    """Collective: refuse to start a save that cannot fit (judged on each rank's file system; all stop)."""
+    free = shutil.disk_usage(path).free
+    short = torch.tensor([1.0 if free < need else 0.0])
+    if dist.is_initialized():
+        dist.all_reduce(short, op=dist.ReduceOp.MAX)
+    if short.item():
+        if _rank() == 0:
+            shutil.rmtree(path, ignore_errors=True)
+        raise CheckpointError(_no_space(path, need, free))
+
+
 def _save(state: dict[str, Any], path: Path) -> None:
     """megatron's torch_dist save, synchronous, with parallel file writers."""
     import queue
@@ -128,7 +165,16 @@ def save_checkpoint(chunks, out_dir: str | Path, *, arch: LlamaArch, dtype: torc
         state = {**state, "optimizer": optimizer.sharded_state_dict(model_sd, metadata=SHARDING)}
     state.update(common or {})
     _own_storage(state, chunks, release)
-    _save(state, tmp)
+    need = _bytes_everywhere(state)
+    _check_space(tmp, need)
+    try:
+        _save(state, tmp)
+    except Exception as e:  # megatron's writers report a full disk as an AssertionError about an OSError
+        free = shutil.disk_usage(tmp).free
+        if free < need or isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            shutil.rmtree(tmp, ignore_errors=True)  # the partial save: its space back
+            raise CheckpointError(_no_space(tmp, need, free)) from e
+        raise
     if per_rank is not None:
         (tmp / "rng").mkdir(exist_ok=True)
         torch.save(unpickle.encode(per_rank), tmp / "rng" / f"rank_{_rank():05d}.pt")
