@@ -288,3 +288,22 @@ def test_a_full_disk_is_one_clear_error_and_loses_no_checkpoint(data_cache, tmp_
         assert [m["step"] for m in metrics(run)] == [1, 2]  # trained; only the save did not fit
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_ranks_exit_when_their_launcher_is_killed(data_cache, tmp_path):
+    """torchrun SIGKILLed mid-run: its ranks notice within seconds and exit (an orphaned rank would go on
+    writing the run's checkpoints and metrics beside a restarted run)."""
+    run = tmp_path / "run"
+    proc = _start(sft_args(run, data_cache, "parallel=dp", "train.max_steps=400", "train.global_batch_size=8",
+                           "train.seq_length=128", "train.export_hf=false", "metrics.plots=false"), 2)
+    _wait_for(lambda: (run / "metrics.jsonl").is_file() and len(metrics(run)) >= 1, proc)
+    ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "python" in c.name()]
+    assert len(ranks) == 2
+    proc.kill()  # torchrun only; its ranks are left behind
+    gone, alive = psutil.wait_procs(ranks, timeout=15)
+    for r in alive:
+        r.kill()
+    assert not alive, f"{len(alive)} rank(s) outlived their launcher"
+    _, err = proc.communicate(timeout=30)  # the ranks share torchrun's stderr: their last words are here
+    # the first to notice exits; a peer still in a collective with it may fail there first
+    assert f"its launcher (torchrun, pid {proc.pid}) exited: stopping this rank" in err, err[-2000:]

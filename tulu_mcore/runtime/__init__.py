@@ -5,6 +5,9 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -43,6 +46,7 @@ def setup(cfg: RunConfig, *, training: bool = True) -> Runtime:
         from tulu_mcore.runtime import cpu
 
         cpu.install()
+    watch_launcher()
     if not dist.is_initialized():
         init_process_group(device, env)
         # destroyed at exit, not by teardown(): a second run in this process (a notebook, a test that runs
@@ -53,6 +57,29 @@ def setup(cfg: RunConfig, *, training: bool = True) -> Runtime:
     init_model_parallel(layout)
     seed_everything(cfg.runtime.seed)
     return Runtime(device=device, env=env, layout=layout)
+
+
+_watching: list[int] = []
+
+
+def watch_launcher(poll_s: float = 1.0) -> None:
+    """A rank started by torchrun exits when torchrun is gone (killed, its node's session ended): an
+    orphaned rank would otherwise go on writing the run's checkpoints and metrics beside a restarted run.
+    Watched by polling the parent's pid (a rank is re-parented when its launcher dies)."""
+    if _watching or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    parent = os.getppid()
+    _watching.append(parent)
+
+    def watch():
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                print(f"[rank {os.environ.get('RANK', '?')}] its launcher (torchrun, pid {parent}) exited: "
+                      "stopping this rank", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="launcher-watch").start()
 
 
 def teardown() -> None:
