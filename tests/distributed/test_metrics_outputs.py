@@ -60,3 +60,32 @@ def test_a_missing_metrics_package_stops_the_run_before_any_work(tmp_path, packa
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"pip install 'tulu-mcore[{package}]'" in proc.stderr and "no-model" not in proc.stderr, proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("recipe,name,console,plot", [
+    ("dpo", "dpo", ("loss", "acc", "margin"), "accuracy.png"),
+    ("rm", "rm", ("loss", "acc", "margin"), "accuracy.png"),
+    ("rlvr_ppo", "ppo", ("reward", "verified", "kl", "len"), "verified_rate.png"),
+])
+def test_every_recipe_logs_to_wandb_offline_and_writes_its_plots(tmp_path, data_cache, recipe, name, console, plot):
+    """The rest of the recipes (SFT and GRPO above): the recipe's console numbers, a W&B offline run, the
+    plots; PPO's rollout samples."""
+    run, wandb_dir = tmp_path / "run", tmp_path / "wandb"
+    wandb_dir.mkdir()
+    extra = (["rlvr.max_new_tokens=4", "train.global_batch_size=2", "rlvr.samples_per_prompt=1",
+              "metrics.samples_every=1", "metrics.samples_per_step=2"] if recipe == "rlvr_ppo"
+             else ["train.global_batch_size=4", "train.seq_length=256"])
+    proc = train([f"recipe={recipe}", *TINY, f"run.dir={run}", f"data.cache_dir={data_cache}", "metrics.progress=true",
+                  "metrics.wandb=true", "metrics.wandb_project=tests", "metrics.plots=true", *extra],
+                 env={"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true"})
+    steps = [line for line in proc.stdout.splitlines() if line.startswith(f"[{name}] step ")]
+    assert len(steps) == 2 and all(f"{k} " in line for k in console for line in steps), proc.stdout
+    offline = list((wandb_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb")), list(wandb_dir.rglob("*"))
+    pngs = {p.name: p for p in (run / "plots").glob("*.png")}
+    assert {"loss.png", plot} <= set(pngs) and all(p.read_bytes()[:8] == PNG for p in pngs.values()), sorted(pngs)
+    if recipe == "rlvr_ppo":
+        samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+        assert [s["step"] for s in samples] == [1, 1, 2, 2] and all(s["prompt"] and "score" in s for s in samples)
+    else:
+        assert not (run / "samples.jsonl").exists()
