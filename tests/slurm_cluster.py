@@ -1,5 +1,6 @@
-"""A real single-node Slurm for the tests: Debian's slurmctld + slurmd + munge on loopback, with their
-own state directory, started and stopped by the test session (no systemd).
+"""A real Slurm for the tests: Debian's slurmctld + slurmd + munge on loopback, with their own state
+directory, started and stopped by the test session (no systemd); one node, or several (one slurmd per
+node on 127.0.0.x, Slurm's multiple-slurmd mode).
 
 Debian's packages are installed on first use (root). Settings that matter: the node is `localhost`
 on 127.0.0.1 whatever the hostname; munged gets its own socket/key/log (running it as root with the
@@ -47,11 +48,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={d}/munge/sock,cred_expire=10
 StateSaveLocation={d}/ctld
-SlurmdSpoolDir={d}/d
+SlurmdSpoolDir={d}/d/%n
 SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.pid
+SlurmdPidFile={d}/slurmd-%n.pid
 SlurmctldLogFile={d}/log/slurmctld.log
-SlurmdLogFile={d}/log/slurmd.log
+SlurmdLogFile={d}/log/slurmd-%n.log
 PlugStackConfig={d}/plugstack.conf
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -64,11 +65,13 @@ MailProg=/bin/true
 MinJobAge=3600
 ReturnToService=2
 SlurmdParameters=config_overrides
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 State=UNKNOWN
+{nodes}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 SlurmctldPort={ctld_port}
-SlurmdPort={d_port}
 """
+# one slurmd per node, each on its own loopback address and port (Slurm's multiple-slurmd mode); names
+# need not resolve: jobs reach a node through its NodeAddr
+NODE = "NodeName={name} NodeHostname=localhost NodeAddr={addr} Port={port} CPUs={cpus} RealMemory=1000 State=UNKNOWN"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -83,9 +86,12 @@ def _free_ports(n: int) -> list[int]:
 
 
 class LocalSlurm:
-    def __init__(self, root: Path, cpus: int = 4):
+    """`nodes` == 1: one node, `localhost`; more: `n1`, `n2`, ... on 127.0.0.1, 127.0.0.2, ..."""
+
+    def __init__(self, root: Path, cpus: int = 4, nodes: int = 1):
         self.d = Path(root)
         self.cpus = cpus
+        self.names = ["localhost"] if nodes == 1 else [f"n{i + 1}" for i in range(nodes)]
         self.conf = self.d / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
@@ -108,16 +114,21 @@ class LocalSlurm:
         if not key.exists():
             subprocess.run(["mungekey", "-c", "-k", str(key)], check=True, capture_output=True)
         (self.d / "plugstack.conf").write_text("")
-        ctld_port, d_port = _free_ports(2)
-        self.conf.write_text(CONF.format(d=self.d, cpus=self.cpus, ctld_port=ctld_port, d_port=d_port))
+        ctld_port, *d_ports = _free_ports(1 + len(self.names))
+        nodes = "\n".join(NODE.format(name=n, addr=f"127.0.0.{i + 1}", port=p, cpus=self.cpus)
+                          for i, (n, p) in enumerate(zip(self.names, d_ports)))
+        for n in self.names:
+            (self.d / "d" / n).mkdir(exist_ok=True)
+        self.conf.write_text(CONF.format(d=self.d, ctld_port=ctld_port, nodes=nodes))
         m = self.d / "munge"
         subprocess.run(["munged", f"--socket={m / 'sock'}", f"--key-file={key}", f"--log-file={self.d / 'log/munged.log'}",
                         f"--pid-file={self.d / 'munged.pid'}", f"--seed-file={m / 'seed'}"], check=True, capture_output=True)
         self.run("slurmctld", "-c")  # -c: empty job and node state
-        self.run("slurmd", "-N", "localhost")
+        for n in self.names:
+            self.run("slurmd", "-N", n)
         for _ in range(150):
-            out = self.run("sinfo", "-h", "-o", "%t", check=False).stdout.split()
-            if out and out[0] in ("idle", "mix", "alloc"):
+            out = self.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split()
+            if len(out) == len(self.names) and all(t in ("idle", "mix", "alloc") for t in out):
                 return self
             time.sleep(0.2)
         logs = "\n".join(f.read_text()[-1500:] for f in (self.d / "log").glob("*.log"))
@@ -126,7 +137,7 @@ class LocalSlurm:
     def down(self) -> None:
         if self._pid("slurmctld"):
             self.run("scancel", "--user=root", check=False)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in (*(f"slurmd-{n}" for n in self.names), "slurmctld", "munged"):
             pid = self._pid(name)
             if pid is None:
                 continue

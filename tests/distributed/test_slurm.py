@@ -1,8 +1,9 @@
 """tulu-launch on a real single-node Slurm (started by the session): a 2-task CPU SFT job runs to
 completion; the same job, warned with SIGUSR1 mid-run, checkpoints, requeues itself and ends with the
 losses and data order of an uninterrupted run; every golden script through Slurm's own parser
-(``sbatch --test-only``, and ``srun --test-only`` for each step); the multi-node vLLM engine step (two
-tasks, one TP2 engine, no Ray) serving real vLLM; clear errors."""
+(``sbatch --test-only``, and ``srun --test-only`` for each step); on a 3-node local Slurm, an RL job with
+its trainer on one node and its multi-node vLLM engine (one TP2 engine over two nodes, no Ray) on the
+two others; clear errors."""
 
 import os
 import re
@@ -198,82 +199,53 @@ def test_every_golden_script_passes_slurms_parser(slurm, tmp_path):
             assert (rc == 0 and WILL_RUN.fullmatch(out)) or (rc, out) == (1, TOO_BIG), (experiment, options, rc, out)
 
 
-def test_engine_step_runs_one_vllm_engine_over_two_tasks(slurm, vllm_python, vllm_hf, tmp_path):
-    """The rendered multi-node engine step, run by Slurm with its two tasks on the one local node: task 0
-    serves, task 1 runs vLLM's headless workers (--node-rank from SLURM_PROCID), one TP2 engine across
-    them (vLLM's multiprocessing backend, no Ray). Pushed weights reach both halves: its greedy tokens and
-    log-probs are the HF model's."""
-    import secrets
-    from multiprocessing.connection import Client
+@pytest.fixture(scope="module")
+def slurm3():
+    """A 3-node local Slurm: one slurmd per node (n1, n2, n3 on 127.0.0.1-3), names that do not resolve."""
+    import shutil
+    import tempfile
+    from pathlib import Path
 
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
+    root = Path(tempfile.mkdtemp(prefix="tulu-slurm3-"))
+    root.chmod(0o755)
+    try:
+        cluster = LocalSlurm(root, cpus=4, nodes=3).up()
+    except RuntimeError as e:
+        shutil.rmtree(root, ignore_errors=True)
+        if "needs root" in str(e):
+            pytest.skip(str(e))
+        raise
+    yield cluster
+    cluster.down()
+    shutil.rmtree(root, ignore_errors=True)
 
-    from tulu_mcore.arch import LlamaArch
-    from tulu_mcore.config.compose import compose
-    from tulu_mcore.launch.engine import engine_env, write_engine_config
-    from tulu_mcore.launch.slurm import engine_step
+
+def test_rl_job_trains_on_one_node_with_its_vllm_engine_on_two_others(slurm3, vllm_python, vllm_hf, data_cache,
+                                                                       tmp_path):
+    """tulu-launch's GRPO job on 3 nodes as rendered: the trainer on n1, the vLLM engine on n2 and n3 (one
+    task per node, one TP2 engine across them: vLLM's multiprocessing backend, no Ray; node 1 runs the
+    headless workers), bound to n2's address, which the trainer dials. Weights pushed over the network
+    reach both halves of the engine: its log-probs of the sampled tokens are the trainer's."""
+    from tulu_mcore.launch.engine import engine_env
 
     run = tmp_path / "run"
-    (run / "logs").mkdir(parents=True)
-    cfg = compose(["recipe=rlvr_grpo", "rlvr.engine=vllm", "rlvr.vllm.tp=2", "launcher=slurm", "launcher.engine_nodes=2",
-                   "launcher.ranks_per_node=1", "launcher.gpus=false", "train.seq_length=128", f"run.dir={run}",
-                   f"rlvr.vllm.python={vllm_python}", "runtime.device=cpu"])
-    write_engine_config(run, LlamaArch.from_hf_dir(vllm_hf), cfg.precision.params_dtype)
-    key = secrets.token_hex(16)
-    lines = "\n".join(engine_step(cfg))
-    # the two engine "nodes" are this one node: the same step, its two tasks placed here
-    for old, new in [('NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))', "NODES=(localhost localhost localhost)"),
-                     ("export TULU_ENGINE_AUTHKEY=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')",
-                      f"export TULU_ENGINE_AUTHKEY={key}"),
-                     ('--nodes=2 --ntasks=2 --ntasks-per-node=1 --nodelist="$ENGINE_NODES"',
-                      '--nodes=1 --ntasks=2 --ntasks-per-node=2 --nodelist="$ENGINE_HOST"')]:
-        assert lines.count(old) == 1, old
-        lines = lines.replace(old, new)
-    env = engine_env(vllm_python, key)
-    setup = [f"export {k}={shlex.quote(env[k])}" for k in ("LD_PRELOAD", "VLLM_CPU_KVCACHE_SPACE") if k in env]
-    script = tmp_path / "engine.sbatch"
-    script.write_text("\n".join(["#!/bin/bash", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=2",
-                                 f"#SBATCH --output={run}/logs/slurm-%j.out", "set -uo pipefail", *setup,
-                                 "export VLLM_CPU_OMP_THREADS_BIND=nobind", lines, 'wait "$ENGINE_STEP"', ""]))
-    job = slurm.run("sbatch", "--parsable", str(script)).stdout.strip().split(";")[0]
-    log = run / "logs" / f"engine-{job}.log"
-    try:
-        deadline = time.time() + 420
-        while "[engine] serving on" not in (log.read_text() if log.exists() else ""):
-            state = slurm.job(job).get("JobState")
-            assert state in ("PENDING", "RUNNING", "CONFIGURING") and time.time() < deadline, (
-                state, log.read_text()[-4000:] if log.exists() else "no engine log")
-            time.sleep(1)
-        text = log.read_text()
-        assert "[engine] node 1 of 2: headless workers of localhost:" in text, text[-4000:]
-        conn = Client(("127.0.0.1", 40000 + int(job) % 20000), authkey=bytes.fromhex(key))
-
-        def call(op, **kw):
-            conn.send({"op": op, **kw})
-            reply = conn.recv()
-            assert reply["ok"], reply.get("error")
-            return reply
-
-        weights = load_file(str(next(vllm_hf.glob("*.safetensors"))))
-        packed = [(k, str(v.dtype).removeprefix("torch."), list(v.shape), v.contiguous().view(torch.uint8).numpy().tobytes())
-                  for k, v in weights.items()]
-        call("begin")
-        assert call("load", packed=packed)["tensors"] == len(packed)
-        assert call("end", version=1)["version"] == 1
-        prompt = [5, 17, 42, 9, 11]
-        out = call("generate", prompts=[prompt], n=1, max_new_tokens=8, temperature=0.0, seed=0, stop_token_ids=[])
-        assert out["version"] == 1
-        ids, logps, _ = out["results"][0][0]
-        assert ids
-        model = AutoModelForCausalLM.from_pretrained(vllm_hf, torch_dtype=torch.float32)
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1].log_softmax(-1)
-        assert logits.argmax(-1).tolist() == ids  # greedy: the HF model's tokens
-        want = logits.gather(1, torch.tensor(ids)[:, None])[:, 0]
-        assert torch.allclose(torch.tensor(logps), want, atol=1e-3), (logps, want.tolist())
-        call("shutdown")
-    finally:
-        slurm.run("scancel", job, check=False)
-        slurm.wait(job, timeout=120)
+    iomp = {k: v for k, v in engine_env(vllm_python, "00").items() if k in ("LD_PRELOAD", "VLLM_CPU_KVCACHE_SPACE")}
+    args = ["recipe=rlvr_grpo", "launcher=slurm", "launcher.gpus=false", "launcher.nodes=1", "launcher.ranks_per_node=1",
+            "launcher.engine_nodes=2", "launcher.exclusive=false", "launcher.env_profile=none",
+            f"model.init={vllm_hf}", f"run.dir={run}", f"data.cache_dir={data_cache}", "runtime.device=cpu",
+            "metrics.progress=false", "metrics.plots=false", "train.max_steps=2", "train.global_batch_size=4",
+            "train.seq_length=256", "rlvr.samples_per_prompt=4", "rlvr.max_new_tokens=16", "train.export_hf=false",
+            "rlvr.engine=vllm", "rlvr.vllm.tp=2", f"rlvr.vllm.python={vllm_python}", "+launcher.env.OMP_NUM_THREADS=1",
+            *(f"+rlvr.vllm.env.{k}={v}" for k, v in {**iomp, "VLLM_CPU_OMP_THREADS_BIND": "nobind"}.items())]
+    job = submit(slurm3, args)
+    info = slurm3.wait(job, timeout=600)
+    log = (run / "logs" / f"slurm-{job}.out").read_text()
+    engine = (run / "logs" / f"engine-{job}.log").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, log[-3000:], engine[-3000:])
+    assert f"[tulu-launch] job {job} restart 0 on n[1-3]" in log
+    assert "[engine] serving on 127.0.0.2:" in engine  # n2's NodeAddr: the name "n2" resolves nowhere
+    assert "[engine] node 1 of 2: headless workers of 127.0.0.2:" in engine, engine[-3000:]
+    m = metrics(run)
+    assert [x["step"] for x in m] == [1, 2] and all(x["responses"] == 16 for x in m)
+    assert all(x["logprob_abs_diff"] <= 1e-3 for x in m), [x["logprob_abs_diff"] for x in m]
+    assert [x["weight_version"] for x in m] == [0, 1]  # step 2 sampled from the weights pushed after step 1

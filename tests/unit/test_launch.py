@@ -52,7 +52,9 @@ export UCX_TLS=rc,cuda_copy,cuda_ipc,self,sm
 export UCX_MEMTYPE_CACHE=n
 export UCX_WARN_UNUSED_ENV_VARS=n
 export NCCL_IB_HCA=mlx5
-export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+# a node's address as Slurm reaches it (NodeAddr; its name where Slurm has none): names need not resolve
+node_addr() { local a; a=$(scontrol show node "$1" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2); echo "${a:-$1}"; }
+export MASTER_ADDR=$(node_addr "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)")
 export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
 RESTART=${SLURM_RESTART_COUNT:-0}
 echo "[tulu-launch] job $SLURM_JOB_ID restart $RESTART on $SLURM_JOB_NODELIST ($(date -Is))"
@@ -157,7 +159,7 @@ def test_rlvr_with_vllm_engine_gets_its_own_nodes_and_srun_step():
     text = render(args, workdir="/w", python="/venv/bin/python")
     assert "#SBATCH --nodes=2\n" in text  # 1 trainer node + 1 engine node
     assert ('TRAIN_NODES=$(IFS=,; echo "${NODES[*]:0:1}")\nENGINE_NODES=$(IFS=,; echo "${NODES[*]:1:1}")\n'
-            'ENGINE_HOST=${NODES[1]}\n') in text
+            'ENGINE_HOST=$(node_addr "${NODES[1]}")\n') in text
     engine = text[text.index('srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --nodelist="$ENGINE_NODES"'):
                   text.index("ENGINE_STEP=$!")]
     assert "/vllm/bin/python " in engine and "vllm_side/server.py --model /r/engine/model --host \"$ENGINE_HOST\"" in engine
@@ -176,7 +178,7 @@ EXPECTED_405B_ENGINE = r"""# the vLLM engine: its own srun step on the last node
 NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
 TRAIN_NODES=$(IFS=,; echo "${NODES[*]:0:32}")
 ENGINE_NODES=$(IFS=,; echo "${NODES[*]:32:2}")
-ENGINE_HOST=${NODES[32]}
+ENGINE_HOST=$(node_addr "${NODES[32]}")
 ENGINE_PORT=$((40000 + SLURM_JOB_ID % 20000))
 export TULU_ENGINE_AUTHKEY=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 # one task per engine node, vLLM's multiprocessing backend across them (8 GPUs each, no Ray):
@@ -266,7 +268,7 @@ def test_every_golden_srun_states_its_nodes_and_tasks(experiment, process_model)
         assert opt(step, "nodelist") == '"$ENGINE_NODES"'
         assert f'TRAIN_NODES=$(IFS=,; echo "${{NODES[*]:0:{lc.nodes}}}")' in text
         assert f'ENGINE_NODES=$(IFS=,; echo "${{NODES[*]:{lc.nodes}:{engine_nodes}}}")' in text
-        assert f"ENGINE_HOST=${{NODES[{lc.nodes}]}}" in text  # the first engine node: the master address
+        assert f'ENGINE_HOST=$(node_addr "${{NODES[{lc.nodes}]}}")' in text  # the first engine node: the master
         multi = engine_nodes > 1
         assert (f"--nnodes {engine_nodes} " in step) == multi and ('--node-rank "$SLURM_PROCID"' in step) == multi
         assert f"--tp {cfg.rlvr.vllm.tp} " in step and cfg.rlvr.vllm.tp % engine_nodes == 0

@@ -75,6 +75,16 @@ def render_slurm(cfg, argv: list[str], *, portable: bool = False) -> str:
                          command_line=" ".join(shlex.quote(a) for a in argv))
 
 
+def policy_arch(cfg):
+    """The architecture the trainers will build: model.init's when it is here (a checkpoint or a Hugging
+    Face directory on a shared file system), else the model group's."""
+    if cfg.model.init and Path(cfg.model.init).exists():
+        from tulu_mcore.training.init import resolve_init
+
+        return resolve_init(cfg.model).arch
+    return cfg.model.arch
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     if engine_step(cfg):  # the engine starts from the policy's config.json; the trainer pushes the weights
         from tulu_mcore.launch.engine import write_engine_config
 
-        write_engine_config(run_dir, cfg.model.arch, cfg.precision.params_dtype)
+        write_engine_config(run_dir, policy_arch(cfg), cfg.precision.params_dtype)
     path = run_dir / "job.sbatch"
     # owner-only: launcher.env values (tokens, keys) are written into it
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -157,6 +157,7 @@ class VllmConfig:
     address: str | None = None  # host:port of an engine started separately (e.g. its own srun step)
     tp: int = 1  # the engine's tensor parallelism (its own GPUs)
     devices: str | None = None  # CUDA_VISIBLE_DEVICES for an engine started here
+    env: dict = field(default_factory=dict)  # more environment for the engine process only (VLLM_* settings)
     gpu_memory_utilization: float = 0.85
     enforce_eager: bool = False
     transport: str = "memory"  # memory: tensors over the socket | disk: safetensors, then a reload

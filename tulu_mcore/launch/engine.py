@@ -43,9 +43,9 @@ _LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_
                 "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 
 
-def engine_env(python: str, key: str, devices: str | None = None) -> dict[str, str]:
+def engine_env(python: str, key: str, devices: str | None = None, extra: dict | None = None) -> dict[str, str]:
     """The environment of an engine server started on this machine by `python` (the vLLM environment's
-    interpreter), answering clients that hold `key`."""
+    interpreter), answering clients that hold `key`; `extra`: rlvr.vllm.env."""
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
     env.update(TULU_ENGINE_AUTHKEY=key, PYTHONPATH=str(SIDE_DIR))
     iomp = Path(python).parent.parent / "lib" / "libiomp5.so"  # the vLLM CPU build wants Intel OpenMP first
@@ -54,4 +54,5 @@ def engine_env(python: str, key: str, devices: str | None = None) -> dict[str, s
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = devices
+    env.update({str(k): str(v) for k, v in (extra or {}).items()})
     return env

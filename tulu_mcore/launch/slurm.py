@@ -168,7 +168,10 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
     env = {**ENV_PROFILES[lc.env_profile], **{str(k): str(v) for k, v in lc.env.items()}}
     body += [f"export {k}={q(v)}" for k, v in env.items()]
     body += [
-        'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
+        "# a node's address as Slurm reaches it (NodeAddr; its name where Slurm has none): names need not resolve",
+        "node_addr() { local a; a=$(scontrol show node \"$1\" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2); "
+        'echo "${a:-$1}"; }',
+        'export MASTER_ADDR=$(node_addr "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)")',
         "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
         "RESTART=${SLURM_RESTART_COUNT:-0}",
         'echo "[tulu-launch] job $SLURM_JOB_ID restart $RESTART on $SLURM_JOB_NODELIST ($(date -Is))"',
@@ -255,11 +258,11 @@ def engine_step(cfg: RunConfig, side_dir: Path = SIDE_DIR, workdir: str = SUBMIT
         'NODES=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))',
         f'TRAIN_NODES=$(IFS=,; echo "${{NODES[*]:0:{lc.nodes}}}")',
         f'ENGINE_NODES=$(IFS=,; echo "${{NODES[*]:{lc.nodes}:{n}}}")',
-        f'ENGINE_HOST=${{NODES[{lc.nodes}]}}',
+        f'ENGINE_HOST=$(node_addr "${{NODES[{lc.nodes}]}}")',
         "ENGINE_PORT=$((40000 + SLURM_JOB_ID % 20000))",
         "export TULU_ENGINE_AUTHKEY=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')",
     ]
-    start = f"env PYTHONPATH={q(str(side_dir))}"
+    start = " ".join(["env", f"PYTHONPATH={q(str(side_dir))}", *(f"{k}={q(str(v))}" for k, v in r.vllm.env.items())])
     if n > 1:
         lines += [(f"# one task per engine node, vLLM's multiprocessing backend across them ({r.vllm.tp // n} GPUs "
                    "each, no Ray):"),

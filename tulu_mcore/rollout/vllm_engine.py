@@ -117,7 +117,7 @@ class VllmEngine:
         ready, log_file = where / "ready.json", where / "vllm.log"
         ready.unlink(missing_ok=True)
         key = secrets.token_hex(16)
-        env = engine_env(python, key, devices=opts.devices)
+        env = engine_env(python, key, devices=opts.devices, extra=opts.env)
         cmd = server_command(python, model_dir, cfg, "--ready-file", str(ready), "--exit-with-client")
         t0 = time.time()
         log(f"starting the vLLM engine ({python}); its log: {log_file}")
