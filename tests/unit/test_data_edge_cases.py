@@ -146,10 +146,15 @@ def test_unverifiable_ground_truths(tmp_path, dataset, truth, message):
             {**PROMPT, "dataset": "ifeval", "ground_truth": '{"func_name": "validate_lowercase", "N": null}'}]
     path = _write(tmp_path / "p.jsonl", [json.dumps(r).encode() for r in good + [
         {**PROMPT, "dataset": dataset, "ground_truth": truth}]])
-    got = load_prompts(source_specs(path), on_error="skip", seed=0)
+    if truth.strip():  # kept by default, as the release kept them (they score 0), and reported with file:line
+        kept = load_prompts(source_specs(path), on_error="strict", seed=0)
+        assert [p.problem is None for p in kept.prompts] == [True, True, True, False]
+        assert len(kept.unverifiable) == 1 and re.match(rf"{re.escape(str(path))}:4: .*{message}", kept.unverifiable[0])
+        assert kept.warning().startswith("warning: 1 prompt(s) have a ground truth no verifier can use; kept")
+    got = load_prompts(source_specs(path), on_error="skip", seed=0, unverifiable="bad")
     assert [p.dataset for p in got.prompts] == ["gsm8k", "math", "ifeval"] and sum(got.skipped.values()) == 1
     with pytest.raises(UserError, match=rf"{path}:4: .*{message}"):
-        load_prompts(source_specs(path), on_error="strict", seed=0)
+        load_prompts(source_specs(path), on_error="strict", seed=0, unverifiable="bad")
 
 
 def _inspect(capsys, *args) -> tuple[int, str, str]:
@@ -168,12 +173,16 @@ def _inspect(capsys, *args) -> tuple[int, str, str]:
 def test_inspect_shows_rlvr_prompts_and_refuses_empty_data(tmp_path, capsys):
     bad = {**PROMPT, "dataset": "ifeval", "ground_truth": "nope"}
     path = _write(tmp_path / "p.jsonl", [json.dumps(PROMPT).encode(), json.dumps(bad).encode()])
-    code, out, err = _inspect(capsys, "--data", path, "--prompts", "--on-error", "skip")
+    code, out, err = _inspect(capsys, "--data", path, "--prompts", "--on-error", "skip", "--unverifiable", "bad")
     assert code == 0, err
     [rec] = [json.loads(line) for line in out.splitlines()]
     assert rec["origin"] == f"{path}:1" and rec["dataset"] == "gsm8k" and rec["ground_truth"] == "2"
     assert rec["text"] == "<|user|>\n1 + 1?\n<|assistant|>\n" and len(rec["input_ids"]) == rec["prompt_tokens"]
     assert "skipped: {'bad ground truth': 1}" in err
+    code, out, err = _inspect(capsys, "--data", path, "--prompts")  # kept by default, marked and warned
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(recs) == 2 and "not valid JSON" in recs[1]["unverifiable"] and "unverifiable" not in recs[0]
+    assert f"{path}:2: ifeval ground_truth 'nope'" in err and "kept, as the release did" in err
     code, out, err = _inspect(capsys, "--data", "builtin:rlvr-demo", "--prompts", "--limit", "2")
     assert code == 0 and len(out.splitlines()) == 2, err
     code, out, err = _inspect(capsys, "--data", "builtin:rlvr-demo")  # forgot --prompts: a hint, no traceback

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--max-seq-len", type=_count(1), default=4096, help="truncation limit (default 4096)")
     ins.add_argument("--on-error", choices=("strict", "skip"), default="strict",
                      help="bad examples: stop with file:line (strict, default) or skip them")
+    ins.add_argument("--unverifiable", choices=("keep", "bad"), default="keep",
+                     help="--prompts whose ground truth no verifier can use: kept and marked (keep, default, as "
+                     "data.unverifiable) or bad examples")
     return p
 
 
@@ -94,13 +97,15 @@ def _inspect_prompts(args, tok) -> None:
     from tulu_mcore.data.rlvr import encode_prompts, load_prompts, prompt_text
     from tulu_mcore.data.sources import source_specs
 
-    loaded = load_prompts(source_specs(args.data), on_error=args.on_error, seed=0)
+    loaded = load_prompts(source_specs(args.data), on_error=args.on_error, seed=0, unverifiable=args.unverifiable)
     prompts = loaded.prompts[: args.limit] if args.limit is not None else loaded.prompts
     ids = encode_prompts(prompts, tok)
     records = ({"origin": origin, "dataset": p.dataset, "ground_truth": p.ground_truth, "text": prompt_text(p.messages),
-                "input_ids": x.tolist(), "prompt_tokens": len(x)}
+                "input_ids": x.tolist(), "prompt_tokens": len(x), **({"unverifiable": p.problem} if p.problem else {})}
                for origin, p, x in zip(loaded.origins, prompts, ids))
     _emit(records, loaded.skipped)
+    if loaded.warning():
+        print(loaded.warning(), file=sys.stderr)
 
 
 def _emit(records, skipped) -> None:

@@ -122,6 +122,9 @@ class DataConfig:
     max_seq_len: int | None = None  # truncate (or refuse) longer conversations; default train.seq_length
     truncate: bool = True  # Tülu truncates; false: over-long conversations are errors (or skipped)
     on_error: str = "strict"  # bad examples: strict (stop with file:line) | skip (count and report)
+    # RL prompts whose ground truth no verifier can use (MATH with unbalanced braces, IFEval not a known
+    # check): keep (as the release: they score 0; counted, warned with file:line) | bad (a bad example)
+    unverifiable: str = "keep"
     shuffle: bool = True
     seed: int = 123  # epoch permutations and per-source caps
     cache_dir: str | None = None  # tokenized data; default $TULU_CACHE_DIR or ~/.cache/tulu_mcore

@@ -232,6 +232,7 @@ def _check_training(cfg: RunConfig, err) -> None:
     _choice(err, "optim.lr_schedule", o.lr_schedule, LR_SCHEDULES)
     _choice(err, "train.recompute", t.recompute, RECOMPUTE)
     _choice(err, "data.on_error", d.on_error, ON_ERROR)
+    _choice(err, "data.unverifiable", d.unverifiable, ("keep", "bad"))
     for key in ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad", "warmup_ratio"):
         if not math.isfinite(float(getattr(o, key))):
             err(f"optim.{key}={getattr(o, key)} must be a finite number")

@@ -23,14 +23,21 @@ from tulu_mcore.rewards import DATASETS, ifeval, math_answer
 GENERATION_PROMPT = "<|assistant|>\n"
 
 
+UNVERIFIABLE = ("keep", "bad")  # data.unverifiable
+
+
 @dataclass(frozen=True)
 class Prompt:
     messages: list[dict]
     ground_truth: str
     dataset: str  # lower-case: gsm8k | math | ifeval
+    problem: str | None = None  # why no response can verify against the ground truth (data.unverifiable=keep)
 
 
-def prompt_from_row(row) -> Prompt:
+def prompt_from_row(row, unverifiable: str = "keep") -> Prompt:
+    """A row's prompt. A ground truth no verifier can use (IFEval's not a known check, MATH's with
+    unbalanced braces or an empty box) is kept with its `problem` (`unverifiable="keep"`: the release
+    kept such rows, which score 0) or makes the row bad (`"bad"`)."""
     if not isinstance(row, dict):
         raise ConversationError("malformed row", "not an object")
     missing = [k for k in ("messages", "ground_truth", "dataset") if k not in row]
@@ -56,8 +63,10 @@ def prompt_from_row(row) -> Prompt:
         raise ConversationError("missing field", "ground_truth must be a non-empty string")
     problem = {"ifeval": _ifeval_problem, "math": _math_problem}.get(dataset, lambda _: None)(truth)
     if problem:
-        raise ConversationError("bad ground truth", f"{row['dataset']} ground_truth {_clip(truth)}: {problem}; "
-                                "no response could be verified against it")
+        problem = f"{row['dataset']} ground_truth {_clip(truth)}: {problem}; no response could be verified against it"
+        if unverifiable == "bad":
+            raise ConversationError("bad ground truth", problem)
+        return Prompt(messages, truth, dataset, problem)
     return Prompt(messages, truth, dataset)
 
 
@@ -104,10 +113,23 @@ class LoadedPrompts:
     skipped: Counter = field(default_factory=Counter)
     examples_seen: int = 0
 
+    @property
+    def unverifiable(self) -> list[str]:
+        """'file:line: why' of each kept prompt whose ground truth no response can match."""
+        return [f"{o}: {p.problem}" for p, o in zip(self.prompts, self.origins) if p.problem]
 
-def load_prompts(specs: list[SourceSpec], *, on_error: str, seed: int) -> LoadedPrompts:
-    items, origins, skipped, seen = load_items(specs, on_error=on_error, seed=seed, parse=prompt_from_row,
-                                               what="prompts")
+    def warning(self) -> str | None:
+        bad = self.unverifiable
+        if not bad:
+            return None
+        return (f"warning: {len(bad):,} prompt(s) have a ground truth no verifier can use; kept, as the release "
+                "did (they practically always score 0; data.unverifiable=bad makes them bad rows): "
+                + "; ".join(bad[:3]) + (f"; and {len(bad) - 3:,} more" if len(bad) > 3 else ""))
+
+
+def load_prompts(specs: list[SourceSpec], *, on_error: str, seed: int, unverifiable: str = "keep") -> LoadedPrompts:
+    items, origins, skipped, seen = load_items(specs, on_error=on_error, seed=seed,
+                                               parse=lambda row: prompt_from_row(row, unverifiable), what="prompts")
     return LoadedPrompts(items, origins, skipped, seen)
 
 

@@ -49,9 +49,11 @@ def load_rlvr_data(cfg: RunConfig, tokenizer, log, dp_size: int) -> RlvrData:
                         f"per optimizer step must split into groups of rlvr.loss_group_size={r.loss_group_size} "
                         "(the same groups at every layout); change train.global_batch_size or the group size")
     specs = source_specs(cfg.data.train)
-    loaded = load_prompts(specs, on_error=cfg.data.on_error, seed=cfg.data.seed)
+    loaded = load_prompts(specs, on_error=cfg.data.on_error, seed=cfg.data.seed, unverifiable=cfg.data.unverifiable)
     log(f"data: {len(loaded.prompts):,} prompts ({loaded.examples_seen:,} read; skipped: "
         f"{dict(loaded.skipped) or 'none'})")
+    if loaded.warning():
+        log(loaded.warning())
     prompts, ids = loaded.prompts, encode_prompts(loaded.prompts, tokenizer)
     limit = cfg.rlvr.max_prompt_tokens
     if limit is not None:  # as Tülu's dataset filter: longer prompts are dropped, not an error
