@@ -257,6 +257,11 @@ def run_length(plan: Plan, cfg: RunConfig) -> list[str]:
     else:
         lines.append(f"run: train.epochs={cfg.train.epochs} over the data (steps = examples / batch x epochs; set "
                      f"train.max_steps for the run's wall time){rl}")
+    if step + 60 > lc.signal_seconds:  # the trainers act on the warning at a step's (or RL phase's) end
+        lines.append(f"note: launcher.signal_seconds={lc.signal_seconds} is shorter than a step ({step:.0f} s) and a "
+                     f"save: Slurm's warning may come too late to act on, so the run's own time-limit check (the "
+                     f"job's end time) saves before the limit; launcher.signal_seconds={math.ceil(step + 120)} would "
+                     "make the warning a second line")
     if step > usable:
         lines.append(f"warning: one step ({step:.0f} s) is longer than launcher.time={lc.time} less the "
                      f"{lc.signal_seconds} s warning: raise launcher.time")

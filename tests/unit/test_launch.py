@@ -3,6 +3,7 @@ refused launcher settings, the vLLM engine's step (one node, and several without
 node/task arithmetic of every srun line of every golden experiment's script."""
 
 import importlib.util
+import math
 import os
 import re
 import subprocess
@@ -287,6 +288,12 @@ def test_launch_warns_when_a_job_is_too_short_for_the_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "161 steps x" in err and "more than launcher.max_restarts=3: raise it or launcher.time" in err
     assert "a save every 25 steps" in err
+    step = float(re.search(r"161 steps x ([\d.]+) s", err).group(1))  # the plan's step: the warning's lead
+    assert (f"launcher.signal_seconds=120 is shorter than a step ({step:.0f} s) and a save" in err
+            and f"launcher.signal_seconds={math.ceil(step + 120)} would make the warning a second line" in err)
+    main(["recipe=sft", "model=llama3_2_1b", "launcher=slurm", "launcher.dry_run=true", "train.max_steps=10",
+          f"run.dir={tmp_path / 's'}", "launcher.ranks_per_node=8"])
+    assert "signal_seconds" not in capsys.readouterr().err  # a 1B step is short: Slurm's warning is early enough
 
 
 def test_container_paths_must_keep_their_path_inside_the_container():

@@ -65,7 +65,7 @@ def render_slurm(cfg, argv: list[str], *, portable: bool = False) -> str:
         from tulu_mcore.plan import run_length
 
         for line in run_length(plan, cfg):  # a step or a save interval longer than the job; the jobs it takes
-            if line.startswith("warning") or "max_restarts" in line:
+            if line.startswith(("warning", "note")) or "max_restarts" in line:
                 print(f"tulu-launch: {line}", file=sys.stderr)
     else:
         validate(cfg, world, device="cpu")
