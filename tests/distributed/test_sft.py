@@ -245,6 +245,52 @@ def test_extending_a_finished_run(data_cache, tmp_path):
 
     model = LlamaForCausalLM.from_pretrained(run / "hf")
     assert model.config.vocab_size == 512
+    assert_serves_as_trained(run / "hf")
+
+
+def assert_serves_as_trained(hf_dir):
+    """An export's chat template renders exactly the training text (tulu-data inspect's), with and without
+    a system turn, over several turns; the generation prompt is the RL prompt's; no BOS; the generation
+    config stops at the EOS every trained turn ended with."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from tulu_mcore.data.rlvr import prompt_text
+    from tulu_mcore.data.template import render
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    conversations = [
+        [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye\nnow"},
+         {"role": "assistant", "content": ""}],
+    ]
+    for messages in conversations:
+        assert tok.apply_chat_template(messages, tokenize=False) == render(messages, tok.eos_token)[0]
+        prompt = messages[:-1]
+        assert tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) == prompt_text(prompt, tok.eos_token)
+        ids = tok.apply_chat_template(prompt, add_generation_prompt=True)
+        ids = ids if isinstance(ids, list) else ids["input_ids"]
+        assert ids == tok(prompt_text(prompt, tok.eos_token), add_special_tokens=False)["input_ids"] and ids[0] != tok.bos_token_id
+    assert GenerationConfig.from_pretrained(hf_dir).eos_token_id == tok.eos_token_id
+
+
+def test_an_export_replaces_the_base_tokenizers_chat_template(tmp_path):
+    """A model.init tokenizer's own template (Meta's, here a stand-in) is replaced in the export: the
+    model was trained on Tülu's."""
+    import shutil
+
+    from tulu_mcore.arch import LlamaArch
+    from tulu_mcore.convert.mcore_to_hf import serve_as_trained
+    from tulu_mcore.data.sources import TINY_TOKENIZER
+
+    out = tmp_path / "hf"
+    shutil.copytree(TINY_TOKENIZER, out)
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": "{{ '<|start_header_id|>' }}"}))
+    (out / "chat_template.jinja").write_text("{{ 'meta' }}")
+    serve_as_trained(out, LlamaArch(512, 64, 128, 2, 4, 2, 16, bos_token_id=0, eos_token_id=1))
+    assert not (out / "chat_template.jinja").exists()
+    assert_serves_as_trained(out)
 
 
 @pytest.mark.parametrize("recompute", ["selective", "full"])

@@ -25,7 +25,7 @@ def test_prompt_rendering_and_tokens():
     loaded = load_prompts(source_specs("builtin:rlvr-demo"), on_error="strict", seed=0)
     ids = encode_prompts(loaded.prompts[:4], tok)
     for p, x in zip(loaded.prompts, ids):
-        assert x[0] != tok.bos_token_id and tok.decode(x.tolist()) == prompt_text(p.messages)
+        assert x[0] != tok.bos_token_id and tok.decode(x.tolist()) == prompt_text(p.messages, tok.eos_token)
         assert tok.decode(x.tolist()).endswith(GENERATION_PROMPT)
 
 

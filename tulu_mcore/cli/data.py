@@ -100,7 +100,7 @@ def _inspect_prompts(args, tok) -> None:
     loaded = load_prompts(source_specs(args.data), on_error=args.on_error, seed=0, unverifiable=args.unverifiable)
     prompts = loaded.prompts[: args.limit] if args.limit is not None else loaded.prompts
     ids = encode_prompts(prompts, tok)
-    records = ({"origin": origin, "dataset": p.dataset, "ground_truth": p.ground_truth, "text": prompt_text(p.messages),
+    records = ({"origin": origin, "dataset": p.dataset, "ground_truth": p.ground_truth, "text": prompt_text(p.messages, tok.eos_token),
                 "input_ids": x.tolist(), "prompt_tokens": len(x), **({"unverifiable": p.problem} if p.problem else {})}
                for origin, p, x in zip(loaded.origins, prompts, ids))
     _emit(records, loaded.skipped)

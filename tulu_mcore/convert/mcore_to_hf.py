@@ -88,6 +88,30 @@ def prefetch(items: Iterator, depth: int = 2) -> Iterator:
         yield item
 
 
+def serve_as_trained(out: Path, arch) -> None:
+    """The export renders and stops as it was trained: the Tülu chat template in tokenizer_config.json
+    (replacing one the base model's tokenizer brought, e.g. Meta's; no BOS: the template has none and
+    `apply_chat_template` adds no special tokens) and a generation_config.json whose EOS is the token
+    every trained turn ended with."""
+    from tulu_mcore.data.template import CHAT_TEMPLATE
+
+    cfg_file = out / "tokenizer_config.json"
+    if not cfg_file.is_file():
+        return  # no tokenizer travelled with the checkpoint: nothing to render with
+    (out / "chat_template.jinja").unlink(missing_ok=True)  # it would win over tokenizer_config.json
+    tok_cfg = json.loads(cfg_file.read_text())
+    tok_cfg["chat_template"] = CHAT_TEMPLATE
+    cfg_file.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out))
+    eos = tok.eos_token_id if tok.eos_token_id is not None else arch.eos_token_id
+    gen = {"bos_token_id": arch.bos_token_id, "eos_token_id": eos}
+    if tok.pad_token_id is not None:
+        gen["pad_token_id"] = tok.pad_token_id
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+
+
 def convert_mcore_to_hf(ckpt_dir: str, out_dir: str, *, overwrite: bool = False, dtype: str | None = None,
                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, progress: bool = True) -> Path:
     import torch.distributed as dist
@@ -131,6 +155,7 @@ def convert_mcore_to_hf(ckpt_dir: str, out_dir: str, *, overwrite: bool = False,
         if side.is_dir():
             for f in side.iterdir():
                 shutil.copy2(f, tmp / f.name)
+        serve_as_trained(tmp, arch)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -133,8 +133,11 @@ def load_prompts(specs: list[SourceSpec], *, on_error: str, seed: int, unverifia
     return LoadedPrompts(items, origins, skipped, seen)
 
 
-def prompt_text(messages: list[dict]) -> str:
-    text, _ = render(messages, eos="")
+def prompt_text(messages: list[dict], eos: str = "") -> str:
+    """The rendered prompt and the generation prompt, as ``apply_chat_template(add_generation_prompt=True)``
+    renders it with the Tülu template (open-instruct's RL prompts): an earlier assistant turn ends with
+    `eos`, the tokenizer's EOS."""
+    text, _ = render(messages, eos=eos)
     return text + GENERATION_PROMPT
 
 
@@ -142,5 +145,5 @@ def encode_prompts(prompts: list[Prompt], tokenizer) -> list[np.ndarray]:
     """Token ids of each prompt, generation prompt included (no BOS, like the training sequences)."""
     if not prompts:
         return []
-    enc = tokenizer([prompt_text(p.messages) for p in prompts], add_special_tokens=False)
+    enc = tokenizer([prompt_text(p.messages, tokenizer.eos_token) for p in prompts], add_special_tokens=False)
     return [np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]]

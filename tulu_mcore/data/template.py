@@ -27,6 +27,21 @@ IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 
 
+# The same template in Jinja, as Hugging Face tokenizers and servers apply it (open-instruct's "tulu"
+# chat template): exports carry it so that `apply_chat_template` renders exactly what was trained on
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if not loop.last %}{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% else %}{{ '<|assistant|>\n' + message['content'] + eos_token }}{% endif %}"
+    "{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    "{% endfor %}"
+)
+
+
 class ConversationError(ValueError):
     """A conversation the template cannot render: `reason` names the kind (for skip counts), the
     message says what exactly."""

@@ -71,5 +71,8 @@ def load_rlvr_data(cfg: RunConfig, tokenizer, log, dp_size: int) -> RlvrData:
                         f"train.seq_length={cfg.train.seq_length}: raise train.seq_length")
     key = fingerprint({"kind": "rlvr", "sources": [source_fingerprint(s) for s in specs],
                        "tokenizer": tokenizer_fingerprint(tokenizer),
-                       **({"max_prompt_tokens": limit} if limit is not None else {})})  # it changes the prompts
+                       **({"max_prompt_tokens": limit} if limit is not None else {}),  # it changes the prompts
+                       # prompts with an earlier assistant turn: rendered with its EOS since format 2
+                       **({"prompt_format": 2} if any(m["role"] == "assistant" for p in prompts for m in p.messages)
+                          else {})})
     return RlvrData(prompts, ids, key, steps_per_epoch, per_step, cfg.data.seed)
