@@ -138,7 +138,7 @@ def vllm_python() -> str:
 
 @pytest.fixture(scope="session")
 def vllm_hf(tmp_path_factory, tiny_arch) -> Path:
-    """The tiny HF Llama with head_dim 32 (vLLM's CPU attention has no kernel for 16) and the built-in
+    """The tiny HF Llama (head_dim 32: vLLM's CPU attention has no kernel for 16) and the built-in
     tokenizer beside it."""
     import dataclasses
     import shutil

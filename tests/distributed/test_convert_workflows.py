@@ -1,7 +1,8 @@
 """The conversion workflows of convert/, on the tiny model (head_dim 32, so that vLLM's CPU build
 serves it): HF -> Megatron at a golden experiment's layout (2 ranks) holds exactly the weights of a
-one-process conversion; Megatron -> HF from a run directory gives back the original bit for bit; the
-export served by vLLM greedy-decodes the tokens transformers does."""
+one-process conversion; Megatron -> HF from a run directory gives back the original bit for bit (the
+tokenizer config gains the chat template it was trained with); the main job's export served by vLLM
+greedy-decodes the tokens transformers does, its chat template applied by the server."""
 
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, hf_tensors
+from tulu_mcore.data.template import CHAT_TEMPLATE
 
 EXPERIMENT = "tulu3_8b_sft"  # TP2: 2 ranks, a layout the tiny model takes (2 KV heads)
 
@@ -104,6 +106,11 @@ def test_mcore_to_hf_from_a_run_directory_is_bit_identical(vllm_hf, export):
     tokenizer = sorted(vllm_hf.glob("tokenizer*"))  # what serving needs travels with the weights
     assert tokenizer, vllm_hf
     for f in tokenizer:
+        if f.name == "tokenizer_config.json":  # the same, plus the chat template it was trained with
+            got, want = json.loads((export / f.name).read_text()), json.loads(f.read_text())
+            assert got.pop("chat_template") == CHAT_TEMPLATE and got == {k: v for k, v in want.items()
+                                                                        if k != "chat_template"}
+            continue
         assert (export / f.name).read_bytes() == f.read_bytes(), f"{f.name} missing or changed in the export"
 
 
@@ -125,8 +132,15 @@ def post(url: str, body: dict, timeout: float = 120) -> dict:
 
 
 @pytest.mark.vllm
-def test_serve_vllm_completes_like_transformers(vllm_python, export, tmp_path):
+def test_serve_vllm_completes_like_transformers(vllm_python, demo_runs, tmp_path):
+    """The main job's final export (its RLVR model) served by vLLM as it is: greedy tokens equal
+    transformers', for token ids and for a chat request, which the server renders with the export's own
+    template (Tülu's, as trained)."""
+    from transformers import AutoTokenizer
+
     from tulu_mcore.runtime.distributed import free_port
+
+    export = demo_runs / "rlvr" / "hf"
 
     port = free_port()
     log = tmp_path / "serve.log"
@@ -160,6 +174,20 @@ def test_serve_vllm_completes_like_transformers(vllm_python, export, tmp_path):
         want = transformers_greedy(export, prompt, 8)
         assert tokens == want, f"vLLM greedy {tokens} != transformers greedy {want}"
         assert got["choices"][0]["text"] and got["usage"]["completion_tokens"] == 8, got
+        # a chat request: the server applies the export's template
+        messages = [{"role": "user", "content": "What is 3 + 4?"}]
+        tok = AutoTokenizer.from_pretrained(export)
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True)
+        ids = ids if isinstance(ids, list) else ids["input_ids"]
+        chat = post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                    {"model": "tiny", "messages": messages, "max_tokens": 8, "temperature": 0, "ignore_eos": True,
+                     "return_token_ids": True})
+        want = transformers_greedy(export, ids, 8)
+        assert chat.get("prompt_token_ids", ids) == ids, (chat.get("prompt_token_ids"), ids)
+        choice = chat["choices"][0]
+        if "token_ids" in choice:
+            assert choice["token_ids"] == want, (choice["token_ids"], want)
+        assert choice["message"]["content"] == tok.decode(want, skip_special_tokens=True), (choice, want)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)

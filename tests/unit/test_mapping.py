@@ -33,7 +33,7 @@ class DictReader:
 
 @pytest.fixture
 def arch():
-    return model_preset("tiny").arch  # 4 heads, 2 KV groups, head_dim 16
+    return model_preset("tiny").arch  # 4 heads, 2 KV groups, head_dim 32
 
 
 @pytest.fixture
