@@ -26,7 +26,7 @@ from tulu_mcore.training.reference import (
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.sequences import is_cp_rank0, sequence_logps
 from tulu_mcore.training.setup import current_lr
-from tulu_mcore.training.step import optimizer_step, packed_forward, reduce_report
+from tulu_mcore.training.step import optimizer_step, packed_forward, reduce_report, run_schedule
 
 AVERAGED = ("dpo_norm", "ipo", "simpo")  # losses on per-token (length-averaged) log-probs
 
@@ -134,16 +134,8 @@ def dpo_step(tr: TrainingRun, batches, reference, step: int) -> dict:
     opts, seq = tr.cfg.dpo, tr.cfg.train.seq_length
     t0 = time.time()
     rows = batches.rows(step, **tr.pack_options())
-    microbatches = [r.as_batch() for r in rows]
     live = isinstance(reference, LiveReference)
-    if live:
-        refs = reference.row_refs(rows, seq)
-    elif reference is not None:
-        refs = [reference.row_refs(r.units) for r in rows]
-    else:
-        refs = None
-    for mb, ref in zip(microbatches, refs or []):
-        mb["ref_logps"] = ref
+    microbatches = with_refs([r.as_batch() for r in rows], rows, reference, seq)
     lr = current_lr(tr.optimizer)
     losses, ok, grad_norm = optimizer_step(tr.model, tr.optimizer, microbatches, seq_length=seq,
                                            forward_step=partial(dpo_forward_step, opts=opts))
@@ -167,11 +159,42 @@ def dpo_step(tr: TrainingRun, batches, reference, step: int) -> dict:
     }
 
 
+def with_refs(microbatches: list[dict], rows, reference, seq: int) -> list[dict]:
+    """The micro-batches with their pairs' reference log-probs (`reference`: a cache, a live model or
+    None for SimPO)."""
+    if isinstance(reference, LiveReference):
+        refs = reference.row_refs(rows, seq)
+    elif reference is not None:
+        refs = [reference.row_refs(r.units) for r in rows]
+    else:
+        refs = []
+    for mb, ref in zip(microbatches, refs):
+        mb["ref_logps"] = ref
+    return microbatches
+
+
+def heldout_preferences(tr: TrainingRun, data, reference) -> dict:
+    """Preference accuracy, margin and loss on the held-out pairs (eval.data)."""
+    rows = tr.eval_rows(data)
+    microbatches = with_refs([r.as_batch() for r in rows], rows, reference, tr.cfg.train.seq_length)
+    with torch.no_grad():
+        reports = run_schedule(tr.model, microbatches, seq_length=tr.cfg.train.seq_length,
+                               forward_step=partial(dpo_forward_step, opts=tr.cfg.dpo), forward_only=True)
+    loss, pairs, correct, margin, *_ = reduce_report(reports, "dpo", REPORT).tolist()
+    return {"loss": loss / pairs, "accuracy": correct / pairs, "margin": margin / pairs, "pairs": int(pairs)}
+
+
 def run(cfg: RunConfig) -> dict:
     tr = TrainingRun(cfg, "dpo")
-    data = tr.prepare_data("pairs")
+    data, held_out = tr.prepare_data("pairs"), tr.prepare_eval("pairs")
     batches = tr.step_batches(data)
     tr.build(tr.planned_steps(batches.steps_per_epoch))
     reference = _reference(tr, data, cfg.dpo)
+    if held_out is not None:  # a live reference serves both; a cache is per data
+        ref = reference if reference is None or isinstance(reference, LiveReference) else _reference(tr, held_out, cfg.dpo)
+        evaluate = partial(heldout_preferences, tr, held_out, ref)
+    else:
+        evaluate = None
     tr.resume(data.key)
-    return tr.loop(partial(dpo_step, tr, batches, reference), cursor=lambda step: vars(batches.cursor(step)))
+    return tr.loop(partial(dpo_step, tr, batches, reference), cursor=lambda step: vars(batches.cursor(step)),
+                   evaluate=evaluate)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from functools import partial
 
+import torch
+
 from tulu_mcore.config.schema import RunConfig
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.setup import current_lr
-from tulu_mcore.training.step import packed_forward_step, train_step
+from tulu_mcore.training.step import packed_forward_step, reduce_report, run_schedule, train_step
 
 
 def sft_step(tr: TrainingRun, batches, step: int) -> dict:
@@ -39,10 +41,21 @@ def sft_step(tr: TrainingRun, batches, step: int) -> dict:
     }
 
 
+def heldout_loss(tr: TrainingRun, data) -> dict:
+    """The model's loss on the held-out conversations (eval.data): per trained token and per sequence."""
+    rows = tr.eval_rows(data)
+    with torch.no_grad():
+        reports = run_schedule(tr.model, [r.as_batch() for r in rows], seq_length=tr.cfg.train.seq_length,
+                               forward_step=partial(packed_forward_step, reduction="sum"), forward_only=True)
+    total, tokens, seqs = reduce_report(reports).tolist()
+    return {"loss": total / tokens, "loss_per_sequence": total / seqs, "sequences": int(seqs)}
+
+
 def run(cfg: RunConfig) -> dict:
     tr = TrainingRun(cfg, "sft")
-    data = tr.prepare_data("sft")
+    data, held_out = tr.prepare_data("sft"), tr.prepare_eval("sft")
     batches = tr.step_batches(data)
     tr.build(tr.planned_steps(batches.steps_per_epoch))
     tr.resume(data.key)
-    return tr.loop(partial(sft_step, tr, batches), cursor=lambda step: vars(batches.cursor(step)))
+    return tr.loop(partial(sft_step, tr, batches), cursor=lambda step: vars(batches.cursor(step)),
+                   evaluate=partial(heldout_loss, tr, held_out) if held_out else None)

@@ -280,6 +280,15 @@ class RecipeConfig:
 
 
 @dataclass
+class EvalConfig:
+    # held-out evaluation during training, logged as eval/... fields of metrics.jsonl: SFT the loss,
+    # DPO / RM the preference accuracy and margin, RL pass@1 (greedy) and the verified rate per dataset
+    data: Any = None  # held-out data in the recipe's format (as data.train); null: no evaluation
+    every_steps: int = 0  # after every N steps and after the last; 0: after the last only
+    max_new_tokens: int | None = None  # RL: response limit (default rlvr.max_new_tokens)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -295,5 +304,6 @@ class RunConfig:
     plan: PlanConfig = field(default_factory=PlanConfig)
     run: RunSection = field(default_factory=RunSection)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 

@@ -233,6 +233,14 @@ def _check_training(cfg: RunConfig, err) -> None:
     _choice(err, "train.recompute", t.recompute, RECOMPUTE)
     _choice(err, "data.on_error", d.on_error, ON_ERROR)
     _choice(err, "data.unverifiable", d.unverifiable, ("keep", "bad"))
+    ev = cfg.eval
+    if ev.every_steps < 0:
+        err(f"eval.every_steps={ev.every_steps} must be >= 0 (0: after the last step only)")
+    if ev.max_new_tokens is not None and ev.max_new_tokens < 1:
+        err(f"eval.max_new_tokens={ev.max_new_tokens} must be >= 1 (or null: rlvr.max_new_tokens)")
+    if ev.data is not None and cfg.recipe.name in ("rlvr_grpo", "rlvr_ppo") and cfg.rlvr.async_generation:
+        err("eval.data with rlvr.async_generation=true: the engine is generating the next step when an "
+            "evaluation would run; evaluate with rlvr.async_generation=false")
     for key in ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad", "warmup_ratio"):
         if not math.isfinite(float(getattr(o, key))):
             err(f"optim.{key}={getattr(o, key)} must be a finite number")

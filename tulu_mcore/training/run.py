@@ -222,12 +222,14 @@ class TrainingRun:
 
     # ---------------------------------------------------------------------------------- the loop
     def loop(self, train_step: Callable[[int], dict], cursor: Callable[[int], dict], *,
-             closing: Iterable = ()) -> dict:
+             closing: Iterable = (), evaluate: Callable[[], dict] | None = None) -> dict:
         """Train from the resumed step to the last: `train_step(step)` trains step `step` (0-based) and
         returns its metrics record (with a ``loss``); after it, the record is logged and a checkpoint
         written when due or asked for, with `cursor(steps done)`, the data position to save. Stops early
         on SIGTERM/SIGUSR1 (checkpoint saved). `closing`: things to close however the loop ends (a
-        rollout engine). Returns the run's summary (:meth:`finish`)."""
+        rollout engine). `evaluate()`: the held-out numbers (eval.data), added to the record as eval/...
+        fields after every eval.every_steps steps and after the last. Returns the run's summary
+        (:meth:`finish`)."""
         step = self.start
         try:
             while step < self.total_steps:
@@ -237,12 +239,40 @@ class TrainingRun:
                     self.abandon_step(step, stop.phase, cursor(step))
                     break
                 step += 1
+                if evaluate is not None and self.eval_due(step):
+                    t0 = time.time()
+                    record.update({f"eval/{k}": v for k, v in evaluate().items()}, eval_s=time.time() - t0)
                 if self.end_step(step, record, cursor(step)):
                     break
         finally:
             for thing in closing:
                 thing.close()
         return self.finish(step)
+
+    def eval_due(self, step: int) -> bool:
+        every = self.cfg.eval.every_steps
+        return step == self.total_steps or (every > 0 and step % every == 0)
+
+    def prepare_eval(self, kind: str = "sft") -> cache.TokenizedData | None:
+        """eval.data tokenized as the training data (None without it); every data-parallel rank gets some."""
+        if self.cfg.eval.data is None:
+            return None
+        d, seq = self.cfg.data, self.cfg.train.seq_length
+        data = cache.prepare(source_specs(self.cfg.eval.data), self.tokenizer,
+                             cache_dir=Path(d.cache_dir or env_cache_dir()),
+                             max_seq_len=d.max_seq_len or (seq // 2 if kind == "pairs" else seq), truncate=d.truncate,
+                             on_error=d.on_error, seed=d.seed, kind=kind, log=lambda m: self.log(f"eval {m}"))
+        if data.units < self.dp_size:
+            raise UserError(f"eval.data holds {data.units} usable examples, fewer than the {self.dp_size} "
+                            "data-parallel ranks that share them")
+        return data
+
+    def eval_rows(self, data: cache.TokenizedData):
+        """This data-parallel rank's share of the held-out data, packed as training rows."""
+        from tulu_mcore.data.loader import pack_units
+
+        opts = {k: v for k, v in self.pack_options().items() if k not in ("dp_rank", "dp_size")}
+        return pack_units(data, list(range(self.dp_rank, data.units, self.dp_size)), **opts)
 
     # ---------------------------------------------------------------------------------- per step
     def throughput(self, rows, seconds: float, passes: float = 1.0) -> dict:

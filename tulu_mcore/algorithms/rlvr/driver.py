@@ -103,6 +103,32 @@ class RolloutDriver:
             raise box[0]
         return mine, box[0][self.dp_rank::self.dp_size], time.time() - t0
 
+    def evaluate(self, prompts: list, ids: list, max_new_tokens: int) -> dict:
+        """One greedy response per held-out prompt from the engine's current weights, verified: pass@1,
+        the verified rate per dataset, response length and the share cut at max_new_tokens (collective)."""
+        greedy = dict(n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+        mine = list(range(self.dp_rank, len(prompts), self.dp_size))
+        if self.engine.in_process:
+            groups = self.engine.generate([ids[i] for i in mine], seed=0, **greedy)
+        else:
+            box = [None]
+            if dist.get_rank() == 0:
+                try:
+                    box[0] = self.engine.generate(ids, seed=0, **greedy)
+                except EngineError as e:
+                    box[0] = e
+            dist.broadcast_object_list(box, src=0)
+            if isinstance(box[0], EngineError):
+                raise box[0]
+            groups = [box[0][i] for i in mine]
+        record = RolloutBatch.score([prompts[i] for i in mine], groups, self.tokenizer, self.opts,
+                                    self.checker).verifier_record()
+        return {"pass_at_1": record["verified_rate"],
+                **{k.replace("verified_rate_", "pass_at_1_"): v for k, v in record.items()
+                   if k.startswith("verified_rate_")},
+                "response_length": record["response_length"], "truncation_rate": record["no_eos_rate"],
+                "verifier_timeouts": record["verifier_timeouts"], "prompts": record["responses"]}
+
     def push(self, chunks, arch) -> dict:
         """The trainer's new weights into the engine (a collective over the trainer's ranks)."""
         t0 = time.time()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from tulu_mcore.algorithms.rlvr.driver import RolloutDriver, after_generation_s, start_rollouts
-from tulu_mcore.algorithms.rlvr.prompts import load_rlvr_data
+from tulu_mcore.algorithms.rlvr.prompts import load_eval_prompts, load_rlvr_data
 from tulu_mcore.config.schema import RlvrConfig, RunConfig
 from tulu_mcore.training.run import StepAbandoned, TrainingRun
 from tulu_mcore.training.setup import current_lr
@@ -154,4 +154,6 @@ def run(cfg: RunConfig) -> dict:
     reference = tr.build_reference()
     tr.resume(data.key)
     rollouts = start_rollouts(tr, model, data)
-    return tr.loop(partial(grpo_step, tr, rollouts, reference), cursor=data.cursor, closing=[rollouts])
+    held_out = load_eval_prompts(cfg, tr.tokenizer, tr.log, tr.dp_size)  # eval.data: greedy pass@1
+    evaluate = partial(rollouts.evaluate, *held_out, cfg.eval.max_new_tokens or opts.max_new_tokens) if held_out else None
+    return tr.loop(partial(grpo_step, tr, rollouts, reference), cursor=data.cursor, closing=[rollouts], evaluate=evaluate)

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from tulu_mcore.algorithms.rlvr.batch import RolloutBatch, is_replica_reporter
 from tulu_mcore.algorithms.rlvr.driver import RolloutDriver, after_generation_s, start_rollouts
-from tulu_mcore.algorithms.rlvr.prompts import load_rlvr_data
+from tulu_mcore.algorithms.rlvr.prompts import load_eval_prompts, load_rlvr_data
 from tulu_mcore.algorithms.rlvr.value import ValueModel
 from tulu_mcore.config.schema import RlvrConfig, RunConfig
 from tulu_mcore.training.run import StepAbandoned, TrainingRun
@@ -242,4 +242,6 @@ def run(cfg: RunConfig) -> dict:
     tr.resume(data.key)
     value.resume(tr.latest)
     rollouts = start_rollouts(tr, model, data)
-    return tr.loop(partial(ppo_step, tr, rollouts, reference, value), cursor=data.cursor, closing=[rollouts])
+    held_out = load_eval_prompts(cfg, tr.tokenizer, tr.log, tr.dp_size)  # eval.data: greedy pass@1
+    evaluate = partial(rollouts.evaluate, *held_out, cfg.eval.max_new_tokens or opts.max_new_tokens) if held_out else None
+    return tr.loop(partial(ppo_step, tr, rollouts, reference, value), cursor=data.cursor, closing=[rollouts], evaluate=evaluate)

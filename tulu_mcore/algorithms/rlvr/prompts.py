@@ -76,3 +76,26 @@ def load_rlvr_data(cfg: RunConfig, tokenizer, log, dp_size: int) -> RlvrData:
                        **({"prompt_format": 2} if any(m["role"] == "assistant" for p in prompts for m in p.messages)
                           else {})})
     return RlvrData(prompts, ids, key, steps_per_epoch, per_step, cfg.data.seed)
+
+
+def load_eval_prompts(cfg: RunConfig, tokenizer, log, dp_size: int) -> tuple[list[Prompt], list[np.ndarray]] | None:
+    """eval.data's prompts and their ids (None without it), filtered and checked as the training prompts."""
+    if cfg.eval.data is None:
+        return None
+    loaded = load_prompts(source_specs(cfg.eval.data), on_error=cfg.data.on_error, seed=cfg.data.seed,
+                          unverifiable=cfg.data.unverifiable)
+    prompts, ids = loaded.prompts, encode_prompts(loaded.prompts, tokenizer)
+    limit = cfg.rlvr.max_prompt_tokens
+    if limit is not None:
+        kept = [i for i, x in enumerate(ids) if len(x) <= limit]
+        prompts, ids = [prompts[i] for i in kept], [ids[i] for i in kept]
+    log(f"eval data: {len(prompts):,} prompts ({loaded.examples_seen:,} read)")
+    if len(prompts) < dp_size:
+        raise UserError(f"eval.data holds {len(prompts)} usable prompts, fewer than the {dp_size} data-parallel "
+                        "ranks that share them")
+    new = cfg.eval.max_new_tokens or cfg.rlvr.max_new_tokens
+    longest = max(len(x) for x in ids)
+    if longest + new > cfg.train.seq_length:
+        raise UserError(f"an eval prompt of {longest} tokens + {new} new tokens does not fit "
+                        f"train.seq_length={cfg.train.seq_length}")
+    return prompts, ids
