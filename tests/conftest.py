@@ -266,3 +266,12 @@ def open_instruct_labels(tok, messages) -> tuple[list[int], list[int]]:
         a, b = len(ids(render(messages[:i]))) if i else 0, len(ids(render(messages[: i + 1], gen)))
         labels[a:b] = [-100] * (b - a)
     return full, labels
+
+
+def builtin_rows(dest: Path, source: str, n: int) -> Path:
+    """A file of the first `n` rows of a built-in data set (held-out data for eval.data in the tests: seen in
+    training, which the numbers compared do not depend on)."""
+    from tulu_mcore.data.sources import BUILTIN
+
+    dest.write_text("\n".join(BUILTIN[source].read_text().splitlines()[:n]) + "\n")
+    return dest

@@ -3,20 +3,30 @@ verifier rewards, reference log-probs, a step; the engine's log-probs agree with
 sampling temperature too: the trainer divides its logits by it); the release's non-stop penalty; π_old
 as the release takes it (the trainer's log-probs before the step's first update)."""
 
+import json
+
 import pytest
 
-from tests.conftest import metrics, train
+from tests.conftest import builtin_rows, metrics, train
 
 
 @pytest.mark.fast
 def test_grpo_runs_at_tp2(sft_hf, tmp_path):
     run = tmp_path / "run"
+    held = builtin_rows(tmp_path / "held.jsonl", "builtin:rlvr-demo", 6)
     train(["recipe=rlvr_grpo", f"model.init={sft_hf}", f"run.dir={run}", "runtime.device=cpu",
            "metrics.progress=false", "train.max_steps=2", "train.global_batch_size=4", "rlvr.samples_per_prompt=4",
            "rlvr.max_new_tokens=16", "parallel.tp=2", "train.export_hf=false", "rlvr.temperature=0.7",
-           "rlvr.loss_aggregation=group_token_mean", "rlvr.loss_group_size=2"], nproc=2)
+           "rlvr.loss_aggregation=group_token_mean", "rlvr.loss_group_size=2", f"eval.data={held}",
+           "eval.every_steps=1", "eval.max_new_tokens=4"], nproc=2)
     m = metrics(run)
     assert [x["step"] for x in m] == [1, 2]
+    # held-out evaluation (eval.data): greedy pass@1 per dataset through the engine and the verifiers
+    datasets = {json.loads(line)["dataset"].lower() for line in held.read_text().splitlines()}
+    for x in m:
+        assert x["eval/prompts"] == 6 and 0 <= x["eval/pass_at_1"] <= 1 and x["eval/response_length"] <= 4
+        assert {k.removeprefix("eval/pass_at_1_") for k in x if k.startswith("eval/pass_at_1_")} == datasets
+        assert 0 <= x["eval/truncation_rate"] <= 1 and x["eval_s"] > 0
     for x in m:
         assert x["responses"] == 16 and 0 <= x["verified_rate"] <= 1 and x["kl"] >= 0
         assert x["verifier_timeouts"] == 0 and x["verifier_errors"] == 0  # counted, none here

@@ -11,7 +11,7 @@ import psutil
 import pytest
 import torch
 
-from tests.conftest import metrics, open_instruct_labels, read_json, run_worker, train
+from tests.conftest import builtin_rows, metrics, open_instruct_labels, read_json, run_worker, train
 from tulu_mcore.runtime.launch import torchrun_cmd
 
 CONVERSATION = {"messages": [
@@ -46,6 +46,23 @@ def reference_sum_ce(hf_dir, messages) -> float:
         logits = model(torch.tensor([ids])).logits[0, :-1]
     target = torch.tensor(labels[1:])
     return torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
+
+
+def reference_token_mean_ce(hf_dir, conversations) -> float:
+    """transformers' cross entropy per trained token over `conversations` (labels as reference_sum_ce)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    total = tokens = 0.0
+    for messages in conversations:
+        ids, labels = open_instruct_labels(tok, messages)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, :-1]
+        target = torch.tensor(labels[1:])
+        total += torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum").item()
+        tokens += (target != -100).sum().item()
+    return total / tokens
 
 
 @pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.fast)])
@@ -225,9 +242,15 @@ def test_bad_data_strict_and_skip(data_cache, tmp_path):
 def test_extending_a_finished_run(data_cache, tmp_path):
     run = tmp_path / "run"
     args = sft_args(run, data_cache, "model=tiny")
-    train(args + ["train.max_steps=8"], nproc=2)
+    held = builtin_rows(tmp_path / "held.jsonl", "builtin:sft-demo", 6)
+    train(args + ["train.max_steps=8", f"eval.data={held}", "eval.every_steps=4"], nproc=2)
     assert [r["step"] for r in metrics(run)] == list(range(1, 9))
     assert (run / "hf" / "model.safetensors.index.json").is_file()
+    # held-out evaluation (eval.data) after steps 4 and 8; the last is transformers' loss on the export
+    evals = [r for r in metrics(run) if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [4, 8] and evals[-1]["eval/sequences"] == 6
+    want = reference_token_mean_ce(run / "hf", [json.loads(line)["messages"] for line in held.read_text().splitlines()])
+    assert abs(evals[-1]["eval/loss"] - want) <= 1e-4 * want, (evals[-1]["eval/loss"], want)
     # a new LR (after a loss spike) applies from the resumed step, said in the log
     lr = read_yaml(run / "config.yaml")["optim"]["lr"]
     again = train(args + ["train.max_steps=12", f"optim.lr={lr / 10}"], nproc=2)

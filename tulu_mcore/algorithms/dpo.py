@@ -108,8 +108,9 @@ def dpo_forward_step(data_iterator, model, opts: DpoConfig):
     return output, partial(dpo_loss, local, batch, opts)
 
 
-def _reference(tr: TrainingRun, data, opts: DpoConfig):
-    """The cache (built now when missing) or the live model; None for SimPO."""
+def _reference(tr: TrainingRun, data, opts: DpoConfig, held_out: bool = False):
+    """The cache (built now when missing) or the live model; None for SimPO. The held-out pairs' cache
+    sits in `eval/` under an explicit dpo.reference_cache."""
     cfg = tr.cfg
     if opts.loss_type == "simpo":
         return None
@@ -117,7 +118,8 @@ def _reference(tr: TrainingRun, data, opts: DpoConfig):
         return LiveReference(tr.build_reference())
     parts = ReferenceCache.key_parts(data, reference_identity(tr.init, cfg.runtime.seed, cfg.precision.params_dtype,
                                                       tr.layout))
-    path = ReferenceCache.locate(opts.reference_cache, data.path.parent, parts)
+    explicit = opts.reference_cache and (f"{opts.reference_cache}/eval" if held_out else opts.reference_cache)
+    path = ReferenceCache.locate(explicit, data.path.parent, parts)
     if not (path / "meta.json").is_file():
         # the initial policy is the reference; a resumed run's policy has moved on: load it afresh
         model = tr.model if tr.latest is None else tr.build_reference()
@@ -167,8 +169,8 @@ def with_refs(microbatches: list[dict], rows, reference, seq: int) -> list[dict]
     elif reference is not None:
         refs = [reference.row_refs(r.units) for r in rows]
     else:
-        refs = []
-    for mb, ref in zip(microbatches, refs):
+        refs = None
+    for mb, ref in zip(microbatches, refs or []):  # none on the stages before the last (pipelining)
         mb["ref_logps"] = ref
     return microbatches
 
@@ -191,7 +193,8 @@ def run(cfg: RunConfig) -> dict:
     tr.build(tr.planned_steps(batches.steps_per_epoch))
     reference = _reference(tr, data, cfg.dpo)
     if held_out is not None:  # a live reference serves both; a cache is per data
-        ref = reference if reference is None or isinstance(reference, LiveReference) else _reference(tr, held_out, cfg.dpo)
+        ref = (reference if reference is None or isinstance(reference, LiveReference)
+               else _reference(tr, held_out, cfg.dpo, held_out=True))
         evaluate = partial(heldout_preferences, tr, held_out, ref)
     else:
         evaluate = None
