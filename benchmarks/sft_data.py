@@ -19,16 +19,7 @@ import time
 
 import numpy as np
 
-TULU_JINJA = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '\n' }}"
-    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '\n' }}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{% if not loop.last %}{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}"
-    "{% else %}{{ '<|assistant|>\n' + message['content'] + eos_token }}{% endif %}"
-    "{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-    "{% endfor %}"
-)
+from tulu_mcore.data.template import CHAT_TEMPLATE as TULU_JINJA  # the template the exports carry
 
 
 def prefix_labels(tok, msgs):

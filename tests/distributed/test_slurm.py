@@ -20,17 +20,17 @@ from tests.slurm_cluster import LocalSlurm
 STEPS = 30
 
 
-@pytest.fixture(scope="module")
-def slurm():
+def local_cluster(nodes: int):
+    """A local Slurm of `nodes` nodes for the module; skipped where it cannot be installed."""
     import shutil
     import tempfile
     from pathlib import Path
 
     # munged wants every directory above its socket world-executable: not pytest's 0700 tmp dirs
-    root = Path(tempfile.mkdtemp(prefix="tulu-slurm-"))
+    root = Path(tempfile.mkdtemp(prefix=f"tulu-slurm{nodes}-"))
     root.chmod(0o755)
     try:
-        cluster = LocalSlurm(root, cpus=4).up()
+        cluster = LocalSlurm(root, cpus=4, nodes=nodes).up()
     except RuntimeError as e:
         shutil.rmtree(root, ignore_errors=True)
         if "needs root" in str(e):
@@ -39,6 +39,11 @@ def slurm():
     yield cluster
     cluster.down()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    yield from local_cluster(1)
 
 
 def launch(args, env=None) -> subprocess.CompletedProcess:
@@ -202,22 +207,7 @@ def test_every_golden_script_passes_slurms_parser(slurm, tmp_path):
 @pytest.fixture(scope="module")
 def slurm3():
     """A 3-node local Slurm: one slurmd per node (n1, n2, n3 on 127.0.0.1-3), names that do not resolve."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    root = Path(tempfile.mkdtemp(prefix="tulu-slurm3-"))
-    root.chmod(0o755)
-    try:
-        cluster = LocalSlurm(root, cpus=4, nodes=3).up()
-    except RuntimeError as e:
-        shutil.rmtree(root, ignore_errors=True)
-        if "needs root" in str(e):
-            pytest.skip(str(e))
-        raise
-    yield cluster
-    cluster.down()
-    shutil.rmtree(root, ignore_errors=True)
+    yield from local_cluster(3)
 
 
 def test_rl_job_trains_on_one_node_with_its_vllm_engine_on_two_others(slurm3, vllm_python, vllm_hf, data_cache,
