@@ -99,9 +99,12 @@ def _jsonl(path, rows):
     return path
 
 
-def run_cli(*args):
+def run_cli(*args, env_offline: bool = False):
+    import os
+
+    env = {**os.environ, **({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"} if env_offline else {})}
     return subprocess.run([sys.executable, "-m", "tulu_mcore.cli.decontam", *map(str, args)], capture_output=True,
-                          text=True)
+                          text=True, env=env)
 
 
 def test_report_and_filtered_copies(tmp_path):
@@ -147,3 +150,48 @@ def test_bad_input_is_one_error_line(tmp_path):
             (["--train", no_text, "--eval", ev, "--threshold", "1.5"], "expected a fraction")):
         proc = run_cli(*args, "--out", tmp_path / "out")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
+
+
+def test_an_instance_of_several_fields_scores_the_mean_of_its_fields(tmp_path):
+    """open-instruct's multi-field sets (DROP: passage + question): each field's covered share, averaged;
+    a null field leaves the instance out (counted apart), as the release skipped it."""
+    passage, question = list(range(500, 520)), list(range(600, 610))  # 20 and 10 tokens
+    evals = _jsonl(tmp_path / "drop.jsonl", [{"passage": text(passage), "question": text(question)},
+                                             {"passage": None, "question": text(question)}])
+    user = lambda ids: {"messages": [{"role": "user", "content": text(ids)}]}  # noqa: E731
+    train = _jsonl(tmp_path / "t.jsonl", [
+        user(question + [1] + passage[:9]),  # (10/10 + 9/20) / 2 = 0.725: a match
+        user(question),  # (1 + 0) / 2 = 0.5: not above
+        user(passage[:9] + [2] + passage[11:]),  # (18/20 + 0) / 2 = 0.45
+    ])
+    proc = run_cli("--train", train, "--eval", f"{evals},fields=passage+question", "--out", tmp_path / "out",
+                   "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    [row] = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
+    assert row["eval"] == str(evals) and row["eval_instances"] == 1 and row["skipped_eval_instances"] == 1
+    assert row["matched_eval_instances"] == 1 and row["matched_train"] == [f"{train}:1"]
+
+
+def test_presets_and_eval_specs():
+    from tulu_mcore.data.decontam import PRESETS, EvalSet, parse_eval
+    from tulu_mcore.errors import UserError
+
+    tulu3 = parse_eval("preset:tulu3")
+    assert len(tulu3) == 20 and tulu3 == list(PRESETS["tulu3_dev"] + PRESETS["tulu3_unseen"])
+    by_name = {e.name: e for e in tulu3}
+    assert by_name["openai/gsm8k/main"] == EvalSet("openai/gsm8k", "main", "test", ("question",))
+    assert by_name["ucinlp/drop"].fields == ("passage", "question") and by_name["ucinlp/drop"].split == "validation"
+    assert by_name["akariasai/PopQA"].fields == ("subj", "prop", "obj")
+    assert by_name["deepmind/math_dataset"].limit == 50 and by_name["google/IFEval"].split == "train"
+    assert parse_eval("x.jsonl,fields=a+b,limit=3") == [EvalSet("x.jsonl", None, "test", ("a", "b"), 3)]
+    for bad in ("preset:tulu4", "x.jsonl,field=a", "x.jsonl,limit=0"):
+        with pytest.raises(UserError):
+            parse_eval(bad)
+
+
+def test_an_eval_set_that_is_not_here_is_one_error(tmp_path):
+    train = _jsonl(tmp_path / "t.jsonl", [{"prompt": "a b c"}])
+    proc = run_cli("--train", train, "--eval", "no-such-org/no-such-set,split=test", "--out", tmp_path / "o",
+                   env_offline=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "error: eval set no-such-org/no-such-set: neither a local file nor a dataset" in proc.stderr

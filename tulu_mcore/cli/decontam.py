@@ -2,9 +2,15 @@
 copies of the training data without them.
 
     tulu-decontam --train sft.jsonl hub/dataset --eval gsm8k_test.jsonl math_test.jsonl --out decontam/
+    tulu-decontam --train sft.jsonl --eval preset:tulu3 --out decontam/
 
 Training instances are user turns (a row's ``messages``, or ``chosen``, or its ``prompt``); an eval
-instance is a row's ``prompt``, ``question`` or ``problem`` field, else its user turns. Tokens: NFKC,
+instance is a row's ``prompt``, ``question`` or ``problem`` field, else its user turns; or the fields an
+eval source names (``SRC,fields=passage+question``: each field scored apart, the mean taken, a row with
+a null field left out; open-instruct's way). Eval sources: ``SRC[,subset=S][,split=S][,fields=a+b]
+[,limit=N]`` (a file, or a dataset in the local Hugging Face cache), or ``preset:tulu3`` (the 20 sets
+open-instruct checked Tülu 3 against, with their splits and fields; ``preset:tulu3_dev``,
+``preset:tulu3_unseen``). Tokens: NFKC,
 lower case, words (``\\w+`` runs joined across an inner apostrophe or dot; punctuation dropped). An eval
 instance matches a training instance when more than --threshold (0.5) of its tokens lie inside its
 --ngram-token n-grams (8) that also occur in that one training instance; a training source is
@@ -50,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tulu-decontam", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", nargs="+", required=True, metavar="SRC", help="training data sources")
-    p.add_argument("--eval", nargs="+", required=True, metavar="SRC", help="evaluation sets")
+    p.add_argument("--eval", nargs="+", required=True, metavar="SRC",
+                   help="evaluation sets: SRC[,subset=S][,split=S][,fields=a+b][,limit=N] or preset:tulu3")
     p.add_argument("--out", required=True, metavar="DIR", help="where the report and the filtered copies go")
     p.add_argument("--ngram", type=_positive, default=8, help="n-gram length in tokens (default 8, Tülu 3)")
     p.add_argument("--threshold", type=_fraction, default=0.5,

@@ -112,7 +112,9 @@ class EvalIndex:
 
     n: int
     vocab: dict[str, int] = field(default_factory=dict)
-    lengths: np.ndarray = None
+    lengths: np.ndarray = None  # of each indexed text (an eval instance's field)
+    owner_of: np.ndarray = None  # the eval instance of each text
+    fields_of: np.ndarray = None  # the number of texts (fields) of each eval instance
     offsets: np.ndarray = None
     flat: np.ndarray = None
     keys: np.ndarray = None
@@ -120,13 +122,17 @@ class EvalIndex:
     pos: np.ndarray = None
 
     @classmethod
-    def build(cls, texts: Iterable[str], n: int) -> "EvalIndex":
+    def build(cls, texts: Iterable[str], n: int, owners: list[int] | None = None) -> "EvalIndex":
+        """`texts`: the eval instances' fields; `owners[i]`: the instance text i belongs to (default: each
+        text an instance). An instance's score is the mean over its fields (open-instruct's)."""
         index = cls(n)
         mult = _multipliers(n)
         seqs = []
         for text in texts:
             seqs.append(np.fromiter((index.vocab.setdefault(w, len(index.vocab)) for w in words(text)),
                                     dtype=np.int64))
+        index.owner_of = np.arange(len(seqs)) if owners is None else np.asarray(owners, dtype=np.int64)
+        index.fields_of = np.bincount(index.owner_of) if len(seqs) else np.zeros(0, dtype=np.int64)
         index.lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         index.offsets = np.concatenate([[0], np.cumsum(index.lengths)]).astype(np.int64)
         index.flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
@@ -147,7 +153,8 @@ class EvalIndex:
 
     @property
     def scorable(self) -> np.ndarray:
-        return self.lengths >= self.n
+        """Per eval instance: whether any of its fields is n tokens long (else it can never match)."""
+        return np.bincount(self.owner_of, weights=self.lengths >= self.n, minlength=len(self.fields_of)) > 0
 
     def ids(self, text: str) -> np.ndarray:
         """`text`'s words as eval vocabulary ids; -1 for a word no eval instance has."""
@@ -189,14 +196,17 @@ class EvalIndex:
         if not len(w):
             return []
         unit = np.searchsorted(starts, w, "right") - 1
-        # covered eval positions per (training instance, eval instance): each hit covers pos..pos+n-1
+        # covered positions per (training instance, eval text): each hit covers pos..pos+n-1
         longest = int(self.lengths.max()) + 1
-        n_inst = len(self.lengths)
-        code = ((unit[:, None] * n_inst + inst[:, None]) * longest + pos[:, None] + k).ravel()
+        n_text, n_inst = len(self.lengths), len(self.fields_of)
+        code = ((unit[:, None] * n_text + inst[:, None]) * longest + pos[:, None] + k).ravel()
         pair, covered = np.unique(np.unique(code) // longest, return_counts=True)
-        unit_of, inst_of = pair // n_inst, pair % n_inst
-        good = covered > threshold * self.lengths[inst_of]
-        return list(zip(owner[unit_of[good]].tolist(), inst_of[good].tolist()))
+        unit_of, text_of = pair // n_text, pair % n_text
+        # an eval instance's score: the covered share of each of its fields, averaged over its fields
+        key, at = np.unique(unit_of * n_inst + self.owner_of[text_of], return_inverse=True)
+        score = np.bincount(at, weights=covered / self.lengths[text_of]) / self.fields_of[key % n_inst]
+        good = score > threshold
+        return list(zip(owner[key[good] // n_inst].tolist(), (key[good] % n_inst).tolist()))
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -285,6 +295,128 @@ def copy_name(path: str, taken: set[str]) -> str:
     return name
 
 
+# ----------------------------------------------------------------------------------------- eval sets
+@dataclass(frozen=True)
+class EvalSet:
+    """An eval set: a local file or a dataset of the local Hugging Face cache (`subset`, `split`); its
+    instances' `fields` (each scored apart, the scores averaged, as open-instruct did; none: a row's
+    prompt / question / problem field, else its user turns); the first `limit` rows."""
+
+    source: str
+    subset: str | None = None
+    split: str = "test"
+    fields: tuple[str, ...] = ()
+    limit: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source + (f"/{self.subset}" if self.subset else "")
+
+
+# open-instruct's decontamination list (decontamination/search.py), the sets Tülu 3 was checked against
+TULU3_DEV = (
+    EvalSet("cais/mmlu", "all", "test", ("question",)),
+    EvalSet("openai/openai_humaneval", None, "test", ("prompt",)),
+    EvalSet("openai/gsm8k", "main", "test", ("question",)),
+    EvalSet("ucinlp/drop", None, "validation", ("passage", "question")),
+    EvalSet("EleutherAI/hendrycks_math", None, "test", ("problem",)),
+    EvalSet("google/IFEval", None, "train", ("prompt",)),
+    EvalSet("akariasai/PopQA", None, "test", ("subj", "prop", "obj")),
+    EvalSet("tatsu-lab/alpaca_eval", None, "eval", ("instruction",)),
+    EvalSet("lukaemon/bbh", None, "test", ("input",)),
+    EvalSet("truthfulqa/truthful_qa", "generation", "validation", ("question",)),
+    EvalSet("allenai/wildguardmix", "wildguardtest", "test", ("prompt",)),
+    EvalSet("allenai/wildjailbreak", "eval", "train", ("adversarial",)),
+    EvalSet("allenai/tulu-3-trustllm-jailbreaktrigger-eval", None, "test", ("prompt",)),
+    EvalSet("allenai/tulu-3-harmbench-eval", None, "test", ("Behavior",)),
+    EvalSet("allenai/tulu-3-do-anything-now-eval", None, "test", ("prompt",)),
+)
+TULU3_UNSEEN = (
+    EvalSet("TIGER-Lab/MMLU-Pro", None, "test", ("question",)),
+    EvalSet("Idavidrein/gpqa", "gpqa_extended", "train", ("Question",)),
+    EvalSet("lighteval/agi_eval_en", None, "train", ("passage", "question")),
+    EvalSet("bigcode/bigcodebench", None, "v0.1.2", ("instruct_prompt",)),
+    EvalSet("deepmind/math_dataset", None, "test", ("question",), 50),
+)
+PRESETS = {"tulu3": TULU3_DEV + TULU3_UNSEEN, "tulu3_dev": TULU3_DEV, "tulu3_unseen": TULU3_UNSEEN}
+
+
+def parse_eval(spec: str) -> list[EvalSet]:
+    """``preset:NAME``, or ``SOURCE[,subset=S][,split=S][,fields=a+b][,limit=N]``."""
+    if spec.startswith("preset:"):
+        name = spec.removeprefix("preset:")
+        if name not in PRESETS:
+            raise UserError(f"--eval {spec}: unknown preset; choose one of {', '.join(f'preset:{p}' for p in PRESETS)}")
+        return list(PRESETS[name])
+    source, *options = spec.split(",")
+    kw = {}
+    for opt in options:
+        key, eq, value = opt.partition("=")
+        if not eq or key not in ("subset", "split", "fields", "limit"):
+            raise UserError(f"--eval {spec}: {opt!r} is not subset=, split=, fields= or limit=")
+        kw[key] = value
+    try:
+        limit = int(kw["limit"]) if "limit" in kw else None
+        if limit is not None and limit < 1:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--eval {spec}: limit must be a whole number >= 1") from None
+    fields = tuple(f for f in kw.get("fields", "").split("+") if f)
+    return [EvalSet(source, kw.get("subset"), kw.get("split", "test"), fields, limit)]
+
+
+def eval_rows(es: EvalSet) -> Iterator[tuple[str, object]]:
+    """(origin, row) of an eval set: a local file's rows, or the cached dataset's (every subset when it has
+    several and none is named, as open-instruct read them), the first `limit` of each."""
+    local = resolve_local(es.source)
+    if local is not None:
+        for i, item in enumerate(stream_rows(es.source)):
+            if es.limit is not None and i >= es.limit:
+                return
+            yield item
+        return
+    import datasets
+
+    def load(subset):
+        return datasets.load_dataset(es.source, subset, split=es.split)
+
+    try:
+        try:
+            parts = [(es.subset, load(es.subset))]
+        except ValueError:  # several subsets and none named: all of them
+            if es.subset is not None:
+                raise
+            parts = [(sub, load(sub)) for sub in datasets.get_dataset_config_names(es.source)]
+    except Exception as e:  # offline, missing, gated: one message
+        raise UserError(f"eval set {es.name}: neither a local file nor a dataset in the local Hugging Face cache "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    for subset, ds in parts:
+        n = len(ds) if es.limit is None else min(es.limit, len(ds))
+        for i in range(n):
+            yield f"{es.source}{'/' + subset if subset else ''}[{es.split}#{i}]", ds[i]
+
+
+def instance_fields(row, fields: tuple[str, ...], origin: str) -> list[str] | None:
+    """The texts of an eval instance (None when one of its `fields` is null)."""
+    if not fields:
+        try:
+            return [eval_text(row)]
+        except NoText as err:
+            raise UserError(f"{origin}: {err}") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{origin}: not a JSON object")
+    missing = [f for f in fields if f not in row]
+    if missing:
+        raise UserError(f"{origin}: no field {', '.join(repr(f) for f in missing)} (fields={'+'.join(fields)})")
+    values = [row[f] for f in fields]
+    if any(v is None for v in values):
+        return None
+    bad = [f for f, v in zip(fields, values) if not isinstance(v, str)]
+    if bad:
+        raise UserError(f"{origin}: field {bad[0]!r} is not text")
+    return values
+
+
 # ----------------------------------------------------------------------------------------- the run
 _INDEX: EvalIndex | None = None  # the workers' (inherited at fork)
 _THRESHOLD = 0.5
@@ -314,20 +446,24 @@ def decontaminate(train: list[str], evals: list[str], out_dir, *, n: int = 8, th
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    texts, inst_set = [], []
-    for e, path in enumerate(evals):
-        before = len(texts)
-        for origin, row in stream_rows(path):
-            try:
-                texts.append(eval_text(row))
-            except NoText as err:
-                raise UserError(f"{origin}: {err}") from None
+    sets = [e for spec in evals for e in parse_eval(spec)]
+    evals = [e.name for e in sets]
+    texts, owners, inst_set, skipped = [], [], [], [0] * len(sets)
+    for e, es in enumerate(sets):
+        before = len(inst_set)
+        for origin, row in eval_rows(es):
+            fields = instance_fields(row, es.fields, origin)
+            if fields is None:  # a field is null: the release leaves such an instance out
+                skipped[e] += 1
+                continue
+            texts += fields
+            owners += [len(inst_set)] * len(fields)
             inst_set.append(e)
-        if len(texts) == before:
-            raise UserError(f"{path}: no eval instances")
-    index = EvalIndex.build(texts, n)
+        if len(inst_set) == before:
+            raise UserError(f"{es.name}: no eval instances")
+    index = EvalIndex.build(texts, n, owners)
     inst_set = np.array(inst_set, dtype=np.int64)
-    del texts
+    del texts, owners
     log(f"decontam: {len(inst_set):,} eval instances in {len(evals)} set(s), {len(index.keys):,} {n}-grams "
         f"indexed in {time.time() - t0:.1f} s")
     _INDEX, _THRESHOLD = index, threshold
@@ -384,6 +520,7 @@ def decontaminate(train: list[str], evals: list[str], out_dir, *, n: int = 8, th
             bad_rows = matched_rows[s][e]
             rows.append({"train": tpath, "eval": epath, "eval_instances": total,
                          "scorable_eval_instances": int((scorable & in_set).sum()),
+                         "skipped_eval_instances": skipped[e],
                          "matched_eval_instances": hit, "matched_fraction": frac,
                          "contaminated": frac > dataset_threshold, "train_instances": row_counts[s],
                          "matched_train_instances": len(bad_rows),
