@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 
-def corpus(n_train: int, n_eval: int, out: Path, seed: int = 0) -> tuple[Path, Path, int]:
+def corpus(n_train: int, n_eval: int, out: Path, seed: int = 0) -> tuple[Path, Path, int, int]:
     rng = np.random.default_rng(seed)
     vocab = np.array([f"w{i}" for i in range(50_000)])
     ranks = np.arange(1, len(vocab) + 1)
@@ -47,10 +46,12 @@ def corpus(n_train: int, n_eval: int, out: Path, seed: int = 0) -> tuple[Path, P
     train = texts(n_train, 90, 0.0, 0)
     planted = rng.choice(n_eval, size=n_eval // 100, replace=False)
     where = rng.choice(n_train, size=len(planted), replace=False)
+    findable = 0  # plants of 8 tokens or more (a shorter copy holds no 8-gram: it cannot match)
     for e, t in zip(planted, where):
         ev = evals[e].split()
         part = ev if rng.random() < 0.5 else ev[: int(np.ceil(0.6 * len(ev))) + 1]
         train[t] = train[t] + " " + " ".join(part)
+        findable += len(part) >= 8
     ev_path, tr_path = out / "eval.jsonl", out / "train.jsonl"
     with open(ev_path, "w") as f:
         for t in evals:
@@ -59,7 +60,7 @@ def corpus(n_train: int, n_eval: int, out: Path, seed: int = 0) -> tuple[Path, P
         for t in train:
             f.write(json.dumps({"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}]})
                     + "\n")
-    return tr_path, ev_path, len(planted)
+    return tr_path, ev_path, len(planted), findable
 
 
 def main() -> None:
@@ -72,21 +73,23 @@ def main() -> None:
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    tr, ev, planted = corpus(args.train, args.eval, args.workdir)
+    tr, ev, planted, findable = corpus(args.train, args.eval, args.workdir)
     made = time.time() - t0
     t1 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.decontam", "--train", str(tr), "--eval", str(ev),
-                           "--out", str(args.workdir / "out"), "--workers", str(args.workers)],
-                          capture_output=True, text=True)
+    # /usr/bin/time reports the largest resident set of tulu-decontam and its workers; this process's own
+    # (the corpus it made) would count in a child it forks directly, up to the child's exec
+    proc = subprocess.run(["/usr/bin/time", "-f", "maxrss_kib=%M", sys.executable, "-m", "tulu_mcore.cli.decontam",
+                           "--train", str(tr), "--eval", str(ev), "--out", str(args.workdir / "out"),
+                           "--workers", str(args.workers)], capture_output=True, text=True)
     wall = time.time() - t1
     if proc.returncode:
         sys.exit(proc.stderr)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest process: main or a worker
+    peak_kib = int(proc.stderr.strip().splitlines()[-1].split("=")[1])  # the largest process: main or a worker
     report = json.loads((args.workdir / "out" / "report.json").read_text())
     row = report["rows"][0]
     result = {"train_prompts": args.train, "eval_prompts": args.eval, "train_bytes": tr.stat().st_size,
               "workers": args.workers, "corpus_s": round(made, 1), "wall_s": round(wall, 1),
-              "peak_rss_gib": round(peak_kib / 2**20, 2), "planted": planted,
+              "peak_rss_gib": round(peak_kib / 2**20, 2), "planted": planted, "planted_of_8_tokens_or_more": findable,
               "matched_eval_instances": row["matched_eval_instances"],
               "matched_train_rows": row["matched_train_instances"]}
     print(json.dumps(result, indent=2))

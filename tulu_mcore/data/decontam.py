@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -485,27 +486,33 @@ def decontaminate(train: list[str], evals: list[str], out_dir, *, n: int = 8, th
 
     ctx = multiprocessing.get_context("fork")
     pool = ctx.Pool(workers) if workers > 1 else None
+    seen, last = 0, time.time()
+
+    def take(keys, found) -> None:
+        nonlocal seen, last
+        seen += len(keys)
+        for u, i in found:
+            s, r, origin = keys[u]
+            matched_inst[s][i] = True
+            matched_rows[s][inst_set[i]][r] = origin
+        if time.time() - last > 30:
+            last = time.time()
+            log(f"decontam: {seen:,} training instances scanned ({seen / (last - t0):,.0f}/s)")
+
     try:
-        batches = batched(units(), batch)
-        keys_of = []
-
-        def texts_of():
-            for b in batches:
-                keys_of.append([k for k, _ in b])
-                yield [t for _, t in b]
-
-        results = pool.imap(_scan, texts_of()) if pool else map(_scan, texts_of())
-        seen, last = 0, time.time()
-        for found in results:
-            keys = keys_of.pop(0)
-            seen += len(keys)
-            for u, i in found:
-                s, r, origin = keys[u]
-                matched_inst[s][i] = True
-                matched_rows[s][inst_set[i]][r] = origin
-            if time.time() - last > 30:
-                last = time.time()
-                log(f"decontam: {seen:,} training instances scanned ({seen / (last - t0):,.0f}/s)")
+        pending: deque = deque()  # at most two batches per worker in flight: memory stays bounded
+        for b in batched(units(), batch):
+            keys, texts = [k for k, _ in b], [t for _, t in b]
+            if pool is None:
+                take(keys, _scan(texts))
+                continue
+            pending.append((keys, pool.apply_async(_scan, (texts,))))
+            while len(pending) > 2 * workers:
+                keys, job = pending.popleft()
+                take(keys, job.get())
+        while pending:
+            keys, job = pending.popleft()
+            take(keys, job.get())
     finally:
         if pool:
             pool.close()
