@@ -314,6 +314,13 @@ def test_an_export_replaces_the_base_tokenizers_chat_template(tmp_path):
     serve_as_trained(out, LlamaArch(512, 64, 128, 2, 4, 2, 16, bos_token_id=0, eos_token_id=1))
     assert not (out / "chat_template.jinja").exists()
     assert_serves_as_trained(out)
+    # a tokenizer transformers cannot load (its vocabulary file missing): config.json's EOS, with a warning
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy2(out / "tokenizer_config.json", lone / "tokenizer_config.json")
+    serve_as_trained(lone, LlamaArch(512, 64, 128, 2, 4, 2, 16, bos_token_id=0, eos_token_id=7))
+    assert json.loads((lone / "generation_config.json").read_text())["eos_token_id"] == 7
+    assert json.loads((lone / "tokenizer_config.json").read_text())["chat_template"]
 
 
 @pytest.mark.parametrize("recompute", ["selective", "full"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -104,11 +105,16 @@ def serve_as_trained(out: Path, arch) -> None:
     cfg_file.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(out))
-    eos = tok.eos_token_id if tok.eos_token_id is not None else arch.eos_token_id
-    gen = {"bos_token_id": arch.bos_token_id, "eos_token_id": eos}
-    if tok.pad_token_id is not None:
-        gen["pad_token_id"] = tok.pad_token_id
+    try:
+        tok = AutoTokenizer.from_pretrained(str(out))
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+    except Exception as e:  # a tokenizer transformers cannot load here: config.json's EOS, said
+        print(f"warning: {out}: the tokenizer does not load ({type(e).__name__}: {e}); generation_config.json "
+              "takes config.json's eos_token_id", file=sys.stderr)
+        eos, pad = None, None
+    gen = {"bos_token_id": arch.bos_token_id, "eos_token_id": eos if eos is not None else arch.eos_token_id}
+    if pad is not None:
+        gen["pad_token_id"] = pad
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
 
 
