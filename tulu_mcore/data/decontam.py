@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tulu_mcore.data.sources import Bad, SourceSpec, _records, max_row_bytes, parse_json_line, resolve_local
+from tulu_mcore.data.sources import Bad, SourceSpec, _records, iter_jsonl, resolve_local
 from tulu_mcore.errors import UserError
 
 WORD = re.compile(r"\w+(?:['’.]\w+)*")
@@ -227,22 +227,10 @@ def stream_rows(path: str) -> Iterator[tuple[str, object]]:
     naming its file and line."""
     local = resolve_local(path)
     if local is not None and local.is_file() and local.suffix.lower() == ".jsonl":
-        limit = max_row_bytes()
-        with open(local, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                origin = f"{local}:{lineno}"
-                try:
-                    text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as e:
-                    raise UserError(f"{origin}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
-                if not text.strip():
-                    continue
-                row = parse_json_line(text, limit)
-                if isinstance(row, Bad):
-                    raise UserError(f"{origin}: {row.message}")
-                yield origin, row
-        return
-    for origin, row in _records(SourceSpec(path)):
+        rows = iter_jsonl(local)
+    else:
+        rows = _records(SourceSpec(path))
+    for origin, row in rows:
         if isinstance(row, Bad):
             raise UserError(f"{origin}: {row.message}")
         yield origin, row

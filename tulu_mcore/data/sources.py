@@ -231,6 +231,12 @@ def parse_json_line(text: str, limit: int) -> Any:
 
 
 def _read_jsonl(path: Path, out: list[tuple[str, Any]]) -> None:
+    out.extend(iter_jsonl(path))
+
+
+def iter_jsonl(path: Path):
+    """(origin, row) of each non-blank line of a JSON Lines file, streamed; a line that cannot be read
+    (too long, not UTF-8, not JSON) is a :class:`Bad`."""
     limit = max_row_bytes()
     with open(path, "rb") as f:
         lineno = 0
@@ -245,16 +251,16 @@ def _read_jsonl(path: Path, out: list[tuple[str, Any]]) -> None:
                 while raw and not raw.endswith(b"\n"):
                     raw = f.readline(1 << 20)
                     size += len(raw)
-                out.append((origin, _too_long(f"a line of {size:,} bytes")))
+                yield origin, _too_long(f"a line of {size:,} bytes")
                 continue
             try:
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                out.append((origin, Bad("invalid text", f"not UTF-8 text ({e.reason} at byte {e.start + 1} "
-                                        "of the line): save the file as UTF-8")))
+                yield origin, Bad("invalid text", f"not UTF-8 text ({e.reason} at byte {e.start + 1} of the line): "
+                                  "save the file as UTF-8")
                 continue
             if text.strip():
-                out.append((origin, parse_json_line(text, limit)))
+                yield origin, parse_json_line(text, limit)
 
 
 def _read_json(path: Path) -> list[tuple[str, Any]]:
