@@ -88,20 +88,9 @@ class RolloutDriver:
         if self.engine.in_process:
             groups = self.engine.generate([self.ids[i] for i in mine], seed=self._seed(step), **self.sampling)
             return mine, groups, time.time() - t0
-        box = [None]
-        if dist.get_rank() == 0:
-            try:
-                if self.async_generation:
-                    box[0] = self.engine.collect()
-                else:
-                    box[0] = self.engine.generate([self.ids[i] for i in indices], seed=self._seed(step),
-                                                  **self.sampling)
-            except EngineError as e:
-                box[0] = e  # every rank raises it, none waits for the others forever
-        dist.broadcast_object_list(box, src=0)
-        if isinstance(box[0], EngineError):
-            raise box[0]
-        return mine, box[0][self.dp_rank::self.dp_size], time.time() - t0
+        groups = on_rank0(lambda: self.engine.collect() if self.async_generation else self.engine.generate(
+            [self.ids[i] for i in indices], seed=self._seed(step), **self.sampling))
+        return mine, groups[self.dp_rank::self.dp_size], time.time() - t0
 
     def evaluate(self, prompts: list, ids: list, max_new_tokens: int) -> dict:
         """One greedy response per held-out prompt from the engine's current weights, verified: pass@1,
@@ -111,16 +100,7 @@ class RolloutDriver:
         if self.engine.in_process:
             groups = self.engine.generate([ids[i] for i in mine], seed=0, **greedy)
         else:
-            box = [None]
-            if dist.get_rank() == 0:
-                try:
-                    box[0] = self.engine.generate(ids, seed=0, **greedy)
-                except EngineError as e:
-                    box[0] = e
-            dist.broadcast_object_list(box, src=0)
-            if isinstance(box[0], EngineError):
-                raise box[0]
-            groups = [box[0][i] for i in mine]
+            groups = on_rank0(lambda: self.engine.generate(ids, seed=0, **greedy))[self.dp_rank::self.dp_size]
         record = RolloutBatch.score([prompts[i] for i in mine], groups, self.tokenizer, self.opts,
                                     self.checker).verifier_record()
         return {"pass_at_1": record["verified_rate"],
@@ -134,6 +114,21 @@ class RolloutDriver:
         t0 = time.time()
         sent = self.engine.push_weights(chunks, arch)
         return {"weight_push_s": time.time() - t0, "weight_push_bytes": sent}
+
+
+def on_rank0(call):
+    """`call()` on global rank 0 (the one that speaks to an engine outside the trainer), its result on every
+    rank; an EngineError there is raised on every rank, so that none waits for the others forever."""
+    box = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = call()
+        except EngineError as e:
+            box[0] = e
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], EngineError):
+        raise box[0]
+    return box[0]
 
 
 def after_generation_s(tr, drawn: StepRollouts) -> float:

@@ -49,26 +49,12 @@ def load_rlvr_data(cfg: RunConfig, tokenizer, log, dp_size: int) -> RlvrData:
                         f"per optimizer step must split into groups of rlvr.loss_group_size={r.loss_group_size} "
                         "(the same groups at every layout); change train.global_batch_size or the group size")
     specs = source_specs(cfg.data.train)
-    loaded = load_prompts(specs, on_error=cfg.data.on_error, seed=cfg.data.seed, unverifiable=cfg.data.unverifiable)
-    log(f"data: {len(loaded.prompts):,} prompts ({loaded.examples_seen:,} read; skipped: "
-        f"{dict(loaded.skipped) or 'none'})")
-    if loaded.warning():
-        log(loaded.warning())
-    prompts, ids = loaded.prompts, encode_prompts(loaded.prompts, tokenizer)
+    prompts, ids = read_prompts(cfg, specs, tokenizer, log, "data")
     limit = cfg.rlvr.max_prompt_tokens
-    if limit is not None:  # as Tülu's dataset filter: longer prompts are dropped, not an error
-        kept = [i for i, x in enumerate(ids) if len(x) <= limit]
-        log(f"data: {len(ids) - len(kept):,} prompts longer than rlvr.max_prompt_tokens={limit} filtered out")
-        prompts, ids = [prompts[i] for i in kept], [ids[i] for i in kept]
-        if not prompts:
-            raise UserError(f"every prompt is longer than rlvr.max_prompt_tokens={limit} tokens")
     steps_per_epoch = len(prompts) // per_step
     if steps_per_epoch == 0:
         raise UserError(f"{len(prompts)} prompts: fewer than one step's train.global_batch_size={per_step}")
-    longest = max(len(x) for x in ids)
-    if longest + cfg.rlvr.max_new_tokens > cfg.train.seq_length:
-        raise UserError(f"a prompt of {longest} tokens + rlvr.max_new_tokens={cfg.rlvr.max_new_tokens} does not fit "
-                        f"train.seq_length={cfg.train.seq_length}: raise train.seq_length")
+    check_fit(cfg, ids, cfg.rlvr.max_new_tokens, "rlvr.max_new_tokens")
     key = fingerprint({"kind": "rlvr", "sources": [source_fingerprint(s) for s in specs],
                        "tokenizer": tokenizer_fingerprint(tokenizer),
                        **({"max_prompt_tokens": limit} if limit is not None else {}),  # it changes the prompts
@@ -78,24 +64,40 @@ def load_rlvr_data(cfg: RunConfig, tokenizer, log, dp_size: int) -> RlvrData:
     return RlvrData(prompts, ids, key, steps_per_epoch, per_step, cfg.data.seed)
 
 
-def load_eval_prompts(cfg: RunConfig, tokenizer, log, dp_size: int) -> tuple[list[Prompt], list[np.ndarray]] | None:
-    """eval.data's prompts and their ids (None without it), filtered and checked as the training prompts."""
-    if cfg.eval.data is None:
-        return None
-    loaded = load_prompts(source_specs(cfg.eval.data), on_error=cfg.data.on_error, seed=cfg.data.seed,
-                          unverifiable=cfg.data.unverifiable)
+def read_prompts(cfg: RunConfig, specs, tokenizer, log, what: str) -> tuple[list[Prompt], list[np.ndarray]]:
+    """The prompts of `specs` and their ids, loaded and reported as data.* says, without those longer than
+    rlvr.max_prompt_tokens (as Tülu's dataset filter: dropped, not an error)."""
+    loaded = load_prompts(specs, on_error=cfg.data.on_error, seed=cfg.data.seed, unverifiable=cfg.data.unverifiable)
+    log(f"{what}: {len(loaded.prompts):,} prompts ({loaded.examples_seen:,} read; skipped: "
+        f"{dict(loaded.skipped) or 'none'})")
+    if loaded.warning():
+        log(loaded.warning())
     prompts, ids = loaded.prompts, encode_prompts(loaded.prompts, tokenizer)
     limit = cfg.rlvr.max_prompt_tokens
     if limit is not None:
         kept = [i for i, x in enumerate(ids) if len(x) <= limit]
+        log(f"{what}: {len(ids) - len(kept):,} prompts longer than rlvr.max_prompt_tokens={limit} filtered out")
         prompts, ids = [prompts[i] for i in kept], [ids[i] for i in kept]
-    log(f"eval data: {len(prompts):,} prompts ({loaded.examples_seen:,} read)")
+        if not prompts:
+            raise UserError(f"every prompt is longer than rlvr.max_prompt_tokens={limit} tokens")
+    return prompts, ids
+
+
+def check_fit(cfg: RunConfig, ids: list[np.ndarray], new_tokens: int, key: str) -> None:
+    longest = max(len(x) for x in ids)
+    if longest + new_tokens > cfg.train.seq_length:
+        raise UserError(f"a prompt of {longest} tokens + {key}={new_tokens} does not fit "
+                        f"train.seq_length={cfg.train.seq_length}: raise train.seq_length")
+
+
+def load_eval_prompts(cfg: RunConfig, tokenizer, log, dp_size: int) -> tuple[list[Prompt], list[np.ndarray]] | None:
+    """eval.data's prompts and their ids (None without it), filtered and checked as the training prompts."""
+    if cfg.eval.data is None:
+        return None
+    prompts, ids = read_prompts(cfg, source_specs(cfg.eval.data), tokenizer, log, "eval data")
     if len(prompts) < dp_size:
         raise UserError(f"eval.data holds {len(prompts)} usable prompts, fewer than the {dp_size} data-parallel "
                         "ranks that share them")
-    new = cfg.eval.max_new_tokens or cfg.rlvr.max_new_tokens
-    longest = max(len(x) for x in ids)
-    if longest + new > cfg.train.seq_length:
-        raise UserError(f"an eval prompt of {longest} tokens + {new} new tokens does not fit "
-                        f"train.seq_length={cfg.train.seq_length}")
+    key = "eval.max_new_tokens" if cfg.eval.max_new_tokens else "rlvr.max_new_tokens"
+    check_fit(cfg, ids, cfg.eval.max_new_tokens or cfg.rlvr.max_new_tokens, key)
     return prompts, ids
