@@ -26,7 +26,7 @@ from tulu_mcore.training.reference import (
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.sequences import is_cp_rank0, sequence_logps
 from tulu_mcore.training.setup import current_lr
-from tulu_mcore.training.step import optimizer_step, packed_forward, reduce_report, run_schedule
+from tulu_mcore.training.step import forward_reports, optimizer_step, packed_forward, reduce_report
 
 AVERAGED = ("dpo_norm", "ipo", "simpo")  # losses on per-token (length-averaged) log-probs
 
@@ -179,10 +179,9 @@ def heldout_preferences(tr: TrainingRun, data, reference) -> dict:
     """Preference accuracy, margin and loss on the held-out pairs (eval.data)."""
     rows = tr.eval_rows(data)
     microbatches = with_refs([r.as_batch() for r in rows], rows, reference, tr.cfg.train.seq_length)
-    with torch.no_grad():
-        reports = run_schedule(tr.model, microbatches, seq_length=tr.cfg.train.seq_length,
-                               forward_step=partial(dpo_forward_step, opts=tr.cfg.dpo), forward_only=True)
-    loss, pairs, correct, margin, *_ = reduce_report(reports, "dpo", REPORT).tolist()
+    loss, pairs, correct, margin, *_ = forward_reports(tr.model, microbatches, seq_length=tr.cfg.train.seq_length,
+                                                       forward_step=partial(dpo_forward_step, opts=tr.cfg.dpo),
+                                                       key="dpo", size=REPORT).tolist()
     return {"loss": loss / pairs, "accuracy": correct / pairs, "margin": margin / pairs, "pairs": int(pairs)}
 
 

@@ -19,7 +19,7 @@ from tulu_mcore.config.schema import RunConfig
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.sequences import is_cp_rank0, sequence_scores
 from tulu_mcore.training.setup import current_lr
-from tulu_mcore.training.step import optimizer_step, packed_forward, reduce_report, run_schedule
+from tulu_mcore.training.step import forward_reports, optimizer_step, packed_forward, reduce_report
 
 REPORT = 5  # loss sum, pairs, correct, chosen score sum, rejected score sum
 
@@ -73,11 +73,9 @@ def rm_step(tr: TrainingRun, batches, step: int) -> dict:
 
 def heldout_preferences(tr: TrainingRun, data) -> dict:
     """Accuracy, margin and loss of the reward model on the held-out pairs (eval.data)."""
-    rows = tr.eval_rows(data)
-    with torch.no_grad():
-        reports = run_schedule(tr.model, [r.as_batch() for r in rows], seq_length=tr.cfg.train.seq_length,
-                               forward_step=rm_forward_step, forward_only=True)
-    loss, pairs, correct, sc, sr = reduce_report(reports, "rm", REPORT).tolist()
+    loss, pairs, correct, sc, sr = forward_reports(tr.model, [r.as_batch() for r in tr.eval_rows(data)],
+                                                   seq_length=tr.cfg.train.seq_length, forward_step=rm_forward_step,
+                                                   key="rm", size=REPORT).tolist()
     return {"loss": loss / pairs, "accuracy": correct / pairs, "margin": (sc - sr) / pairs, "pairs": int(pairs)}
 
 

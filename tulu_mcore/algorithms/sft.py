@@ -12,12 +12,10 @@ from __future__ import annotations
 import time
 from functools import partial
 
-import torch
-
 from tulu_mcore.config.schema import RunConfig
 from tulu_mcore.training.run import TrainingRun
 from tulu_mcore.training.setup import current_lr
-from tulu_mcore.training.step import packed_forward_step, reduce_report, run_schedule, train_step
+from tulu_mcore.training.step import forward_reports, packed_forward_step, train_step
 
 
 def sft_step(tr: TrainingRun, batches, step: int) -> dict:
@@ -43,11 +41,9 @@ def sft_step(tr: TrainingRun, batches, step: int) -> dict:
 
 def heldout_loss(tr: TrainingRun, data) -> dict:
     """The model's loss on the held-out conversations (eval.data): per trained token and per sequence."""
-    rows = tr.eval_rows(data)
-    with torch.no_grad():
-        reports = run_schedule(tr.model, [r.as_batch() for r in rows], seq_length=tr.cfg.train.seq_length,
-                               forward_step=partial(packed_forward_step, reduction="sum"), forward_only=True)
-    total, tokens, seqs = reduce_report(reports).tolist()
+    total, tokens, seqs = forward_reports(tr.model, [r.as_batch() for r in tr.eval_rows(data)],
+                                          seq_length=tr.cfg.train.seq_length,
+                                          forward_step=partial(packed_forward_step, reduction="sum")).tolist()
     return {"loss": total / tokens, "loss_per_sequence": total / seqs, "sequences": int(seqs)}
 
 

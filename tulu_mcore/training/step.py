@@ -134,6 +134,16 @@ def run_schedule(model, microbatches: list[dict], *, seq_length: int, forward_st
     )
 
 
+def forward_reports(model, microbatches: list[dict], *, seq_length: int, forward_step, key: str = "lm",
+                    size: int = 3) -> torch.Tensor:
+    """Forward only (held-out data): the loss functions' `key` reports summed over the batch and brought to
+    every rank, as reduce_report does after a training step."""
+    with torch.no_grad():
+        reports = run_schedule(model, microbatches, seq_length=seq_length, forward_step=forward_step,
+                               forward_only=True)
+    return reduce_report(reports, key, size)
+
+
 def forward_outputs(model, microbatches: list[dict], *, seq_length: int, labels: bool = True,
                     temperature: float | None = None) -> list | None:
     """Forward only, through the pipeline schedule: each packed micro-batch's output on the last
