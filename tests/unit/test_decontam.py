@@ -42,6 +42,16 @@ def test_words_as_stated():
     assert words("Don't STOP: 3.14 times, O’Neil!  ﬁne") == ["don't", "stop", "3.14", "times", "o’neil", "fine"]
 
 
+def test_training_instances_of_every_row_format():
+    conv = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"}, {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "u2"}]
+    assert decontam.train_texts({"messages": conv}) == ["u1", "u2"]
+    assert decontam.train_texts({"chosen": conv, "rejected": conv}) == ["u1", "u2"]
+    # the preference format with strings: the prompt is the instance, the responses are not
+    assert decontam.train_texts({"prompt": "p", "chosen": "c", "rejected": "r"}) == ["p"]
+    assert decontam.train_texts({"prompt": conv[:2], "chosen": "c"}) == ["u1"]
+
+
 def test_planted_overlaps():
     ev = list(range(100, 120))  # 20 tokens
     evals = [text(ev)]

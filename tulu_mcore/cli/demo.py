@@ -1,5 +1,8 @@
 """``tulu-demo``: the built-in tiny default, end to end on this machine.
 
+0. Decontamination (``tulu-decontam``) of the built-in training data against the built-in held-out
+   prompts (new problems of the RLVR kinds with names, items and words no training row uses): the stages
+   train on the filtered copies in ``<out>/decontam/``, whose report says what overlapped.
 1. Tülu 3 SFT of the tiny Llama (random weights, the built-in tokenizer) on the built-in demo
    conversations, with checkpoints and a Hugging Face export: ``tulu-train recipe=sft model=tiny`` with
    the run directory below.
@@ -11,9 +14,13 @@
    The three runs go one after another in one launch of 2 ranks (torchrun; CPU unless a GPU is visible):
    the ranks start once.
 4. A check of SFT's export against its final checkpoint (``tulu-convert verify`` at TP2).
-5. A summary (also in ``<out>/summary.json``): the loss curves, tokens/s, packing efficiency, DPO's
+5. ``tulu-eval`` of each stage's export (SFT, DPO, RLVR) on the held-out prompts (task ``demo_tulu``:
+   greedy answers verified by the RLVR verifiers, averaged over the two kinds), a table and
+   ``<out>/eval.png``; each stage's full results in ``<out>/eval/<stage>/``.
+6. A summary (also in ``<out>/summary.json``): the loss curves, tokens/s, packing efficiency, DPO's
    preference accuracy and margin, the verified rate of RLVR's rollouts per dataset (first vs last
-   quarter of the steps), and the final model answering a prompt through ``transformers``.
+   quarter of the steps), the held-out scores, and the final model answering a prompt through
+   ``transformers``.
 """
 
 from __future__ import annotations
@@ -83,15 +90,16 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sft_dir, dpo_dir, rl_dir = out / "sft", out / "dpo", out / "rlvr"
+    clean = _decontaminate(out)
     # 10 passes over the 480 demo conversations: the recipe's 2 are enough for real models, not for
     # a randomly initialised tiny one to learn the answers' format
     sft_args = ["recipe=sft", "model=tiny", f"run.dir={sft_dir}", f"runtime.device={device}", "train.epochs=10",
-                f"data.cache_dir={out / 'cache'}", *args.overrides]
+                f"data.cache_dir={out / 'cache'}", f"data.train={clean['sft']}", *args.overrides]
     dpo_args = ["recipe=dpo", f"model.init={sft_dir}", f"run.dir={dpo_dir}", f"runtime.device={device}",
-                "train.epochs=2", f"data.cache_dir={out / 'cache'}"]
+                "train.epochs=2", f"data.cache_dir={out / 'cache'}", f"data.train={clean['dpo']}"]
     # 2 passes over the 256 demo prompts (8 per step, 8 samples each); a tiny model's LR
     rl_args = ["recipe=rlvr_grpo", f"model.init={dpo_dir}", f"run.dir={rl_dir}", f"runtime.device={device}",
-               "train.epochs=2", "optim.lr=2e-3"]
+               "train.epochs=2", "optim.lr=2e-3", f"data.train={clean['rlvr']}"]
     sft_s, dpo_s, rl_s = _train([sft_args, dpo_args, rl_args], args.ranks, device, out)
 
     ckpt = resolve_checkpoint(sft_dir)
@@ -130,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
          f"{rates['verified_rate_ifeval'][0]:.0%} -> {rates['verified_rate_ifeval'][1]:.0%}; first vs last "
          f"quarter of the steps); KL to the DPO model {rl[-1]['kl']:.2f}")
     _say(f"RLVR verified-rate curve: {sparkline([r['verified_rate'] for r in rl])}")
+    scores = _evaluate(out, {"SFT": sft_dir, "DPO": dpo_dir, "RLVR": rl_dir})
     question = "Mia has 7 apples and gets 5 more. How many apples does Mia have now?"
     answer = generate(rl_dir / "hf", question)
     _say(f"the exported RLVR model, asked {question!r}: {answer!r}")
@@ -141,11 +150,57 @@ def main(argv: list[str] | None = None) -> None:
                 "margin_first_quarter": margin[0], "margin_last_quarter": margin[1]},
         "rlvr": {"steps": len(rl), **{f"{k}_first_quarter": v[0] for k, v in rates.items()},
                  **{f"{k}_last_quarter": v[1] for k, v in rates.items()}, "kl_last": rl[-1]["kl"]},
+        "decontamination": clean["summary"],
+        "heldout": scores,
         "answer": answer,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not ok:
         raise SystemExit(1)
+
+
+def _decontaminate(out: Path) -> dict:
+    """tulu-decontam of the built-in training data against the held-out prompts; the filtered copies."""
+    from tulu_mcore.data.decontam import decontaminate
+    from tulu_mcore.data.sources import BUILTIN
+
+    sources = {"sft": "builtin:sft-demo", "dpo": "builtin:preference-demo", "rlvr": "builtin:rlvr-demo"}
+    report = decontaminate([str(BUILTIN[s]) for s in sources.values()], [str(BUILTIN["builtin:rlvr-heldout"])],
+                           out / "decontam", log=lambda *_: None)
+    clean, total, removed = {}, 0, 0
+    for stage, src in sources.items():
+        f = report.filtered[str(BUILTIN[src])]
+        clean[stage] = f["path"]
+        total, removed = total + f["rows"], removed + f["removed"]
+    contaminated = sum(r["contaminated"] for r in report.rows)
+    _say(f"decontamination (Tülu 3's 8-gram rule) of the {total} training rows against the {report.rows[0]['eval_instances']} "
+         f"held-out prompts: {removed} rows removed, {contaminated} of {len(report.rows)} sources contaminated "
+         f"(report: {out / 'decontam' / 'report.md'})")
+    clean["summary"] = {"training_rows": total, "removed": removed, "contaminated_sources": contaminated}
+    return clean
+
+
+def _evaluate(out: Path, stages: dict[str, Path]) -> dict:
+    """tulu-eval of each stage's export on the held-out prompts: a table, eval.md and eval.png."""
+    from tulu_mcore.data.sources import BUILTIN
+    from tulu_mcore.evaluation import report
+    from tulu_mcore.evaluation.harness import Settings, evaluate
+
+    data = out / "heldout"
+    (data / "demo").mkdir(parents=True, exist_ok=True)
+    shutil.copy(BUILTIN["builtin:rlvr-heldout"], data / "demo" / "test.jsonl")
+    recs = [evaluate(str(d / "hf"), Settings(tasks=["demo_tulu"], data=str(data), batch_size=16),
+                     out / "eval" / name.lower()) for name, d in stages.items()]
+    labels = list(stages)
+    text = report.compare_table(recs, labels)
+    (out / "eval.md").write_text(text)
+    report.plot(recs, labels, out / "eval.png")
+    _say("held-out prompts (tulu-eval demo_tulu: greedy answers verified, mean of arithmetic and constraints), "
+         "per stage:")
+    for line in text.splitlines():
+        print(f"    {line}", flush=True)
+    _say(f"plot: {out / 'eval.png'}")
+    return {name: r["scores"]["demo_tulu"]["value"] for name, r in zip(labels, recs)}
 
 
 def _train(stages: list[list[str]], ranks: int, device: str, out: Path) -> list[float]:

@@ -63,7 +63,8 @@ def train_texts(row) -> list[str]:
     if not isinstance(row, dict):
         raise NoText("not a JSON object")
     for key in ("messages", "chosen"):
-        if key in row:
+        # `chosen` is a conversation in the preference-mixture format, a string beside a `prompt` otherwise
+        if key in row and (key == "messages" or not isinstance(row[key], str)):
             turns = _user_turns(row[key])
             if turns:
                 return turns

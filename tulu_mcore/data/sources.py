@@ -29,7 +29,8 @@ from tulu_mcore.errors import UserError
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTIN = {"builtin:sft-demo": BUILTIN_DIR / "sft_demo.jsonl",
            "builtin:preference-demo": BUILTIN_DIR / "preference_demo.jsonl",
-           "builtin:rlvr-demo": BUILTIN_DIR / "rlvr_demo.jsonl"}
+           "builtin:rlvr-demo": BUILTIN_DIR / "rlvr_demo.jsonl",
+           "builtin:rlvr-heldout": BUILTIN_DIR / "rlvr_heldout.jsonl"}  # tulu-demo's held-out prompts
 TINY_TOKENIZER = BUILTIN_DIR / "tiny_tokenizer"
 
 # Which rows are accepted: part of every source's fingerprint (so of the tokenized-data cache key and of

@@ -12,6 +12,8 @@
 * ``rlvr_demo.jsonl``: prompts with verifiable answers in the RLVR format (``messages``, ``ground_truth``,
   ``dataset``): arithmetic problems (``gsm8k``: the exact number) and instructions with checkable
   constraints (``ifeval``: capital letters, a word repeated N times, no commas).
+* ``rlvr_heldout.jsonl``: held-out prompts in the same format, with names, items and words no training
+  row uses (tulu-demo decontaminates the training data against them and scores each stage on them).
 * ``tiny_tokenizer/``: a byte-level BPE with 512 entries trained on that data (the `tiny` model's
   vocabulary), with ``<|begin_of_text|>`` / ``<|end_of_text|>`` like the Llama 3 tokenizer. The Tülu
   role markers stay plain text, as in the recipe.
@@ -28,12 +30,15 @@ HERE = Path(__file__).resolve().parent
 NAMES = ["Mia", "Noah", "Ava", "Liam", "Zoe", "Omar", "Lena", "Ravi", "Ines", "Kofi", "Yuki", "Sara"]
 ITEMS = ["apples", "books", "stickers", "marbles", "coins", "pencils", "shells", "cards", "stamps", "eggs"]
 WORDS = ["river", "cloud", "lemon", "piano", "tiger", "maple", "orbit", "candle", "silver", "garden"]
+HELDOUT_NAMES = ["Elif", "Hugo", "Maya", "Tariq", "Nora", "Jonas"]
+HELDOUT_ITEMS = ["buttons", "beads", "tickets", "leaves", "blocks", "cups"]
+HELDOUT_WORDS = ["amber", "forest", "rocket", "velvet", "winter", "copper"]
 SYSTEMS = ["You are a helpful assistant.", "You are a careful math tutor. Show the calculation.",
            "Answer briefly and exactly."]
 
 
-def arithmetic(rng: random.Random) -> dict:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+def arithmetic(rng: random.Random, names=NAMES, items=ITEMS) -> dict:
+    name, item = rng.choice(names), rng.choice(items)
     a, b = rng.randint(2, 40), rng.randint(2, 30)
     kind = rng.choice(["add", "sub", "mul"])
     if kind == "add":
@@ -117,18 +122,19 @@ def preference_pairs(n: int = 256, seed: int = 1) -> list[dict]:
     return rows
 
 
-def rlvr_prompts(n: int = 256, seed: int = 2) -> list[dict]:
+def rlvr_prompts(n: int = 256, seed: int = 2, names=NAMES, items=ITEMS, words=WORDS,
+                 kinds=("upper", "repeat", "commas")) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     while len(rows) < n:
         if rng.random() < 0.6:
-            conv = arithmetic(rng)["messages"]
+            conv = arithmetic(rng, names, items)["messages"]
             prompt = [m for m in conv if m["role"] != "assistant"][:2 if conv[0]["role"] == "system" else 1]
             answer = conv[len(prompt)]["content"].rsplit(" ", 1)[-1].rstrip(".")
             rows.append({"messages": prompt, "ground_truth": answer, "dataset": "gsm8k"})
             continue
-        w, k = rng.choice(WORDS), rng.randint(2, 5)
-        kind = rng.choice(["upper", "repeat", "commas"])
+        w, k = rng.choice(words), rng.randint(2, 5)
+        kind = rng.choice(kinds)
         if kind == "upper":
             q, truth = f"Write '{w}' in capital letters and nothing else.", {"func_name": "validate_uppercase"}
         elif kind == "repeat":
@@ -140,6 +146,14 @@ def rlvr_prompts(n: int = 256, seed: int = 2) -> list[dict]:
         rows.append({"messages": [{"role": "user", "content": q}], "ground_truth": json.dumps(truth),
                      "dataset": "ifeval"})
     return rows
+
+
+def heldout_prompts(n: int = 64, seed: int = 3) -> list[dict]:
+    """The demo's held-out prompts: the RLVR kinds (arithmetic, capital letters, a word repeated) with
+    names, items and words that no training row uses, so that they measure what the stages taught
+    rather than what they saw."""
+    return rlvr_prompts(n, seed, names=HELDOUT_NAMES, items=HELDOUT_ITEMS, words=HELDOUT_WORDS,
+                        kinds=("upper", "repeat"))
 
 
 def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 512) -> None:
@@ -178,6 +192,9 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
     with open(out / "rlvr_demo.jsonl", "w") as f:
         for row in rlvr_prompts():
+            f.write(json.dumps(row) + "\n")
+    with open(out / "rlvr_heldout.jsonl", "w") as f:
+        for row in heldout_prompts():
             f.write(json.dumps(row) + "\n")
     markers = "<|system|>\n<|user|>\n<|assistant|>\n"
     texts = [markers + "\n".join(m["content"] for m in c["messages"]) for c in convs]
