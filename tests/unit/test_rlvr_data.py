@@ -53,6 +53,8 @@ def correct_response(p) -> str:
         return word.group(1).upper()
     if spec["func_name"] == "verify_keyword_frequency":
         return ", ".join([spec["word"]] * spec["N"])
+    if spec["func_name"] == "validate_end":  # a response format asked for: any content, that ending
+        return f"Some answer. {spec['end_phrase']}"
     n = int(re.search(r"first (\d+)", q).group(1))
     return " ".join(str(2 * i) for i in range(1, n + 1))
 
@@ -65,12 +67,14 @@ def wrong_response(p) -> str:
         return "lower case"
     if spec["func_name"] == "verify_keyword_frequency":
         return ", ".join([spec["word"]] * (spec["N"] + 1))
+    if spec["func_name"] == "validate_end":
+        return f"{spec['end_phrase']} Some answer."
     return "2, 4, 6"
 
 
 def test_demo_prompts_are_verifiable():
     loaded = load_prompts(source_specs("builtin:rlvr-demo"), on_error="strict", seed=0)
-    assert len(loaded.prompts) == 256 and {p.dataset for p in loaded.prompts} == {"gsm8k", "ifeval"}
+    assert len(loaded.prompts) == 320 and {p.dataset for p in loaded.prompts} == {"gsm8k", "ifeval"}
     for p in loaded.prompts:
         assert verify(p.dataset, correct_response(p), p.ground_truth), p
         assert not verify(p.dataset, wrong_response(p), p.ground_truth), p

@@ -161,7 +161,7 @@ def _prepare(specs, tok, tmp_path, **kw):
 def test_cache_builds_once_and_keys_on_inputs(tok, tmp_path):
     specs = source_specs("builtin:sft-demo")
     a = _prepare(specs, tok, tmp_path)
-    assert len(a) == 480 and a.meta["skipped"] == {}
+    assert len(a) == 600 and a.meta["skipped"] == {}
     b = _prepare(specs, tok, tmp_path)  # reused: same directory
     assert b.path == a.path and np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
     c = _prepare(specs, tok, tmp_path, max_seq_len=128)
@@ -227,12 +227,12 @@ def test_pack_rows_labels_and_boundaries():
 def test_step_batches_are_a_function_of_the_step(tok, tmp_path):
     data = _prepare(source_specs("builtin:sft-demo"), tok, tmp_path)
     sb = StepBatches(data, global_batch=32, seed=5)
-    assert sb.steps_per_epoch == 15
+    assert sb.steps_per_epoch == 600 // 32
     first = sb.global_indices(3).tolist()
     assert StepBatches(data, global_batch=32, seed=5).global_indices(3).tolist() == first
-    epoch0 = np.concatenate([sb.global_indices(s) for s in range(15)])
-    assert len(set(epoch0.tolist())) == 480  # an epoch visits each example once
-    assert sb.global_indices(15).tolist() != sb.global_indices(0).tolist()  # reshuffled next epoch
+    epoch0 = np.concatenate([sb.global_indices(s) for s in range(18)])
+    assert len(set(epoch0.tolist())) == 18 * 32  # an epoch visits each example at most once
+    assert sb.global_indices(18).tolist() != sb.global_indices(0).tolist()  # reshuffled next epoch
     # data-parallel ranks split the step's conversations between them
     kw = dict(capacity=256, multiple=1, pad_id=1)
     seqs = [sum(r.num_seqs for r in sb.rows(3, dp_rank=k, dp_size=2, **kw)) for k in range(2)]

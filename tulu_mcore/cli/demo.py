@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     sft_args = ["recipe=sft", "model=tiny", f"run.dir={sft_dir}", f"runtime.device={device}", "train.epochs=10",
                 f"data.cache_dir={out / 'cache'}", f"data.train={clean['sft']}", *args.overrides]
     dpo_args = ["recipe=dpo", f"model.init={sft_dir}", f"run.dir={dpo_dir}", f"runtime.device={device}",
-                "train.epochs=2", f"data.cache_dir={out / 'cache'}", f"data.train={clean['dpo']}"]
+                "train.epochs=2", "optim.lr=1e-4", f"data.cache_dir={out / 'cache'}", f"data.train={clean['dpo']}"]
     # 2 passes over the 256 demo prompts (8 per step, 8 samples each); a tiny model's LR
     rl_args = ["recipe=rlvr_grpo", f"model.init={dpo_dir}", f"run.dir={rl_dir}", f"runtime.device={device}",
-               "train.epochs=2", "optim.lr=2e-3", f"data.train={clean['rlvr']}"]
+               "train.epochs=2", "optim.lr=3e-4", f"data.train={clean['rlvr']}"]
     sft_s, dpo_s, rl_s = _train([sft_args, dpo_args, rl_args], args.ranks, device, out)
 
     ckpt = resolve_checkpoint(sft_dir)
@@ -192,15 +192,30 @@ def _evaluate(out: Path, stages: dict[str, Path]) -> dict:
     recs = [evaluate(str(d / "hf"), Settings(tasks=["demo_tulu"], data=str(data), batch_size=16),
                      out / "eval" / name.lower()) for name, d in stages.items()]
     labels = list(stages)
+    kinds = {name: _by_dataset(out / "eval" / name.lower() / "samples_demo_tulu.jsonl") for name in labels}
     text = report.compare_table(recs, labels)
+    for ds, label in (("gsm8k", "arithmetic"), ("ifeval", "constraints")):
+        text += f"| ({label}) | " + " | ".join(f"{100 * kinds[n][ds]:.1f}" for n in labels) + " |\n"
     (out / "eval.md").write_text(text)
     report.plot(recs, labels, out / "eval.png")
-    _say("held-out prompts (tulu-eval demo_tulu: greedy answers verified, mean of arithmetic and constraints), "
-         "per stage:")
+    _say("held-out prompts, per stage (tulu-eval demo_tulu: greedy answers verified; the mean of arithmetic "
+         "and constraints):")
     for line in text.splitlines():
         print(f"    {line}", flush=True)
-    _say(f"plot: {out / 'eval.png'}")
-    return {name: r["scores"]["demo_tulu"]["value"] for name, r in zip(labels, recs)}
+    _say(f"plot: {out / 'eval.png'}; each stage's results: {out / 'eval'}/<stage>/")
+    return {name: {"verified": r["scores"]["demo_tulu"]["value"], **kinds[name]} for name, r in zip(labels, recs)}
+
+
+def _by_dataset(samples: Path) -> dict[str, float]:
+    """The verified share per kind of held-out prompt, from tulu-eval's samples."""
+    from collections import defaultdict
+
+    by = defaultdict(list)
+    for line in samples.read_text().splitlines():
+        s = json.loads(line)
+        ds, ok = s["verified"]
+        by[ds].append(ok)
+    return {ds: sum(v) / len(v) for ds, v in by.items()}
 
 
 def _train(stages: list[list[str]], ranks: int, device: str, out: Path) -> list[float]:

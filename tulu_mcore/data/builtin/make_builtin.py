@@ -30,9 +30,6 @@ HERE = Path(__file__).resolve().parent
 NAMES = ["Mia", "Noah", "Ava", "Liam", "Zoe", "Omar", "Lena", "Ravi", "Ines", "Kofi", "Yuki", "Sara"]
 ITEMS = ["apples", "books", "stickers", "marbles", "coins", "pencils", "shells", "cards", "stamps", "eggs"]
 WORDS = ["river", "cloud", "lemon", "piano", "tiger", "maple", "orbit", "candle", "silver", "garden"]
-HELDOUT_NAMES = ["Elif", "Hugo", "Maya", "Tariq", "Nora", "Jonas"]
-HELDOUT_ITEMS = ["buttons", "beads", "tickets", "leaves", "blocks", "cups"]
-HELDOUT_WORDS = ["amber", "forest", "rocket", "velvet", "winter", "copper"]
 SYSTEMS = ["You are a helpful assistant.", "You are a careful math tutor. Show the calculation.",
            "Answer briefly and exactly."]
 
@@ -148,12 +145,67 @@ def rlvr_prompts(n: int = 256, seed: int = 2, names=NAMES, items=ITEMS, words=WO
     return rows
 
 
+# Response formats a prompt can ask for, checked whatever the content (IFEval-style constraints: the
+# closing phrase); each request is shorter than the 8-gram of Tülu's decontamination rule, so sharing it
+# is no overlap.
+FORMATS = {
+    "end": ("End with 'Any other questions?'", lambda a: f"{a} Any other questions?",
+            {"func_name": "validate_end", "end_phrase": "Any other questions?"}),
+    "thanks": ("End with 'Hope this helps.'", lambda a: f"{a} Hope this helps.",
+               {"func_name": "validate_end", "end_phrase": "Hope this helps."}),
+}
+# held-out questions: asked in words no training prompt uses
+HELDOUT_QUESTIONS = ["Give one word that rhymes with '{w}'.", "Use the word '{w}' in a short sentence.",
+                     "What does the word '{w}' mean?", "Is '{w}' a noun or a verb?"]
+
+
+def formatted(rng: random.Random) -> dict:
+    """An instruction of the demo's kinds with a response format asked for, answered in that format."""
+    msgs = [m for m in instruction(rng)["messages"] if m["role"] != "system"]
+    kind = rng.choice(sorted(FORMATS))
+    request, render, truth = FORMATS[kind]
+    return {"messages": [{"role": "user", "content": f"{msgs[0]['content']} {request}"},
+                         {"role": "assistant", "content": render(msgs[1]["content"])}], "truth": truth,
+            "plain": msgs[1]["content"]}
+
+
+def formatted_conversations(n: int = 120, seed: int = 10) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"messages": formatted(rng)["messages"]} for _ in range(n)]
+
+
+def formatted_pairs(n: int = 64, seed: int = 11) -> list[dict]:
+    """The asked format preferred over the same answer without it."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        f = formatted(rng)
+        prompt = f["messages"][:1]
+        rows.append({"chosen": f["messages"], "rejected": prompt + [{"role": "assistant", "content": f["plain"]}]})
+    return rows
+
+
+def formatted_prompts(n: int = 64, seed: int = 12) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        f = formatted(rng)
+        rows.append({"messages": f["messages"][:1], "ground_truth": json.dumps(f["truth"]), "dataset": "ifeval"})
+    return rows
+
+
 def heldout_prompts(n: int = 64, seed: int = 3) -> list[dict]:
-    """The demo's held-out prompts: the RLVR kinds (arithmetic, capital letters, a word repeated) with
-    names, items and words that no training row uses, so that they measure what the stages taught
-    rather than what they saw."""
-    return rlvr_prompts(n, seed, names=HELDOUT_NAMES, items=HELDOUT_ITEMS, words=HELDOUT_WORDS,
-                        kinds=("upper", "repeat"))
+    """The demo's held-out prompts: half arithmetic (new problems of the training templates), half new
+    questions asking for one of the trained response formats; tulu-demo removes the training rows that
+    overlap them by Tülu 3's rule before training."""
+    rng = random.Random(seed)
+    rows = [r for r in rlvr_prompts(4 * n, seed) if r["dataset"] == "gsm8k"][:n // 2]
+    while len(rows) < n:
+        question = rng.choice(HELDOUT_QUESTIONS).format(w=rng.choice(WORDS))
+        request, _, truth = FORMATS[rng.choice(sorted(FORMATS))]
+        rows.append({"messages": [{"role": "user", "content": f"{question} {request}"}],
+                     "ground_truth": json.dumps(truth), "dataset": "ifeval"})
+    return rows
 
 
 def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 512) -> None:
@@ -185,19 +237,19 @@ def main() -> None:
     out = Path(args.out)
     convs = demo_conversations()
     with open(out / "sft_demo.jsonl", "w") as f:
-        for c in convs:
+        for c in convs + formatted_conversations():
             f.write(json.dumps(c) + "\n")
     with open(out / "preference_demo.jsonl", "w") as f:
-        for row in preference_pairs():
+        for row in preference_pairs() + formatted_pairs():
             f.write(json.dumps(row) + "\n")
     with open(out / "rlvr_demo.jsonl", "w") as f:
-        for row in rlvr_prompts():
+        for row in rlvr_prompts() + formatted_prompts():
             f.write(json.dumps(row) + "\n")
     with open(out / "rlvr_heldout.jsonl", "w") as f:
         for row in heldout_prompts():
             f.write(json.dumps(row) + "\n")
     markers = "<|system|>\n<|user|>\n<|assistant|>\n"
-    texts = [markers + "\n".join(m["content"] for m in c["messages"]) for c in convs]
+    texts = [markers + "\n".join(m["content"] for m in c["messages"]) for c in convs]  # (the first 480 rows)
     train_tokenizer(texts, out / "tiny_tokenizer")
 
 
