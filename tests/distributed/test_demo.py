@@ -37,3 +37,36 @@ def test_demo_decontaminates_then_scores_every_stage_on_held_out_prompts(demo_ru
     table = (demo_runs / "eval.md").read_text()
     assert table.startswith("| task | SFT | DPO | RLVR |") and "(constraints)" in table
     assert (demo_runs / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tulu_eval_exports_a_checkpoint_first_and_compares_stages(demo_runs, tmp_path):
+    """tulu-eval on the RLVR run's final checkpoint (exported first) answers as the demo's evaluation of
+    the run's own export did; `compare` puts the three stages side by side."""
+    import subprocess
+    import sys
+
+    from tulu_mcore.checkpoint.run import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(demo_runs / "rlvr")
+    out = tmp_path / "ev"
+    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.eval", str(ckpt), "tasks=demo", f"out={out}",
+                           f"data={demo_runs / 'heldout'}", "limit=6"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "hf" / "config.json").is_file() and (out / "results.png").is_file()
+    assert "| demo_tulu |  | verified |" in proc.stdout and "written:" in proc.stdout
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["model"] == str(ckpt) and rec["settings"]["limit"] == 6 and rec["scores"]["demo_tulu"]["n"] == 6
+    assert rec["lm_eval"][0]["configs"]["demo_tulu"]["generation_kwargs"]["max_gen_toks"] == 32
+
+    def responses(d):
+        return [json.loads(line)["resps"][0][0] for line in (d / "samples_demo_tulu.jsonl").read_text().splitlines()]
+
+    assert responses(out) == responses(demo_runs / "eval" / "rlvr")[:6]
+
+    ev = demo_runs / "eval"
+    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.eval", "compare", str(ev / "sft"), str(ev / "dpo"),
+                           str(ev / "rlvr"), "labels=SFT,DPO,RLVR", f"out={tmp_path / 'cmp'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("| task | SFT | DPO | RLVR |")
+    assert (tmp_path / "cmp" / "compare.png").is_file() and (tmp_path / "cmp" / "compare.md").is_file()

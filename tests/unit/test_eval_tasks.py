@@ -262,3 +262,66 @@ def test_presets_name_every_task_and_every_benchmark_not_run():
     assert all(cfgs[t]["metadata"]["olmes_id"] for t in dev + unseen)
     for size, ref in presets.REFERENCE.items():
         assert set(ref) <= set(dev), size
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from tulu_mcore.cli.eval import main
+
+    def error(*argv):
+        with pytest.raises(SystemExit) as e:
+            main(list(argv))
+        assert e.value.code == 2
+        return capsys.readouterr().err
+
+    assert "unknown task(s): nope_tulu" in error(str(tmp_path), "tasks=nope_tulu")
+    assert "unknown key 'limt'" in error(str(tmp_path), "limt=3")
+    assert "limit=x: an integer is expected" in error(str(tmp_path), "limit=x")
+    assert "backend=server needs url=" in error(str(tmp_path), "backend=server")
+    assert "no such file or directory" in error(str(tmp_path / "missing"), "tasks=gsm8k_tulu")
+    assert "neither a Hugging Face directory" in error(str(tmp_path), "tasks=gsm8k_tulu")
+    assert "two or more result directories" in error("compare", str(tmp_path))
+    err = error(str(tmp_path), "tasks=gsm8k_tulu", "out=" + str(tmp_path / "o"))
+    assert err.count("\n") == 1
+
+
+def test_missing_local_data_names_the_file(tmp_path):
+    from tulu_mcore.errors import UserError
+    from tulu_mcore.evaluation.benchmarks import load
+
+    with pytest.raises(UserError, match=r"gsm8k/test.jsonl does not exist"):
+        load("gsm8k", data_dir=str(tmp_path))
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q"}\n')
+    with pytest.raises(UserError, match=r"test.jsonl:1: a gsm8k row needs the field\(s\) answer"):
+        load("gsm8k", data_dir=str(tmp_path))
+
+
+def test_hub_rows_become_the_local_schema():
+    from tulu_mcore.evaluation.benchmarks import _agieval_row, _gpqa_row
+
+    row = {"Question": "Q?", "Correct Answer": "right", "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2",
+           "Incorrect Answer 3": "w3"}
+    rows = [_gpqa_row(i, row) for i in range(8)]
+    assert all(r["choices"][r["answer"]] == "right" and sorted(r["choices"]) == ["right", "w1", "w2", "w3"]
+               for r in rows)
+    assert len({r["answer"] for r in rows}) > 1  # shuffled, per row
+    assert _gpqa_row(3, row) == _gpqa_row(3, row)  # with a fixed seed
+    a = _agieval_row("sat-math", {"query": "Q: What is 1+1? Answer Choices: (A)1 (B)2 A: Among A through B, the answer is",
+                                  "choices": ["(A)1", "(B)2"], "gold": [1]})
+    assert a == {"question": "What is 1+1?", "choices": ["1", "2"], "answer": 1, "subject": "sat-math"}
+
+
+def test_results_table_puts_the_model_card_beside_a_tulu_size():
+    from tulu_mcore.evaluation import report
+
+    rec = {"model": "m", "commit": "c", "lm_eval_version": "0.4.13", "size": "8B",
+           "settings": {"backend": "hf", "limit": None},
+           "scores": {"gsm8k_tulu": {"metric": "exact_match", "value": 0.8, "n": 1319, "olmes_id": "gsm8k::tulu"},
+                      "mmlu_mc_tulu": {"metric": "acc", "value": 0.6, "n": 14042, "olmes_id": "mmlu:mc::tulu"}},
+           "not_run": {"safety": "a classifier"}}
+    text = report.table(rec)
+    assert "| task | setting (OLMES) | metric | score | n | Tülu 3 8B SFT | Tülu 3 8B DPO | Tülu 3 8B |" in text
+    assert "| gsm8k_tulu | gsm8k::tulu | exact_match | 80.0 | 1319 | 76.2 | 84.3 | 87.6 |" in text
+    assert "| mmlu_mc_tulu | mmlu:mc::tulu | acc | 60.0 | 14042 | — | — | — |" in text
+    assert "Average (equal weight, 2 tasks): 70.0" in text and "- safety: a classifier" in text
+    assert presets.size_of({"hidden_size": 8192, "num_hidden_layers": 80}) == "70B"

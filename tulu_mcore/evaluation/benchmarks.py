@@ -104,12 +104,13 @@ _HELD_OUT = []  # marker: the benchmark's first rows serve as its shots
 def _read_jsonl(path: Path, benchmark: str) -> list[dict]:
     from tulu_mcore.data.sources import iter_jsonl
 
-    need = [f for f in SCHEMAS[benchmark] if f not in ("subject", "answer", "solution")]
+    optional = {"category"} | ({"subject"} if benchmark != "bbh" else set())  # bbh's shots are per task
+    need = [f for f in SCHEMAS[benchmark] if f not in optional]
     rows = []
     for lineno, row in iter_jsonl(path):
         missing = [f for f in need if f not in row]
-        if benchmark == "minerva_math" and "answer" not in row and "solution" not in row:
-            missing.append("answer (or solution)")
+        if benchmark == "minerva_math" and "answer" not in row and "solution" in row:
+            missing.remove("answer")
         if missing:
             raise UserError(f"{path}:{lineno}: a {benchmark} row needs the field(s) {', '.join(missing)} "
                             f"(fields of {benchmark} rows: {', '.join(SCHEMAS[benchmark])})")
