@@ -144,7 +144,7 @@ def test_serve_vllm_completes_like_transformers(vllm_python, demo_runs, tmp_path
 
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "TULU_VLLM_PYTHON": vllm_python}
+    env = {**os.environ, "TULU_VLLM_PYTHON": vllm_python, "PYTHON": sys.executable}
     cmd = ["bash", str(ROOT / "convert" / "serve_vllm.sh"), str(export), "--host", "127.0.0.1", "--port", str(port),
            "--served-model-name", "tiny", "--dtype", "float32", "--max-model-len", "128", "--enforce-eager",
            "--generation-config", "vllm"]

@@ -325,3 +325,50 @@ def test_results_table_puts_the_model_card_beside_a_tulu_size():
     assert "| mmlu_mc_tulu | mmlu:mc::tulu | acc | 60.0 | 14042 | — | — | — |" in text
     assert "Average (equal weight, 2 tasks): 70.0" in text and "- safety: a classifier" in text
     assert presets.size_of({"hidden_size": 8192, "num_hidden_layers": 80}) == "70B"
+
+
+def test_vllm_backend_starts_a_server_on_the_export_and_stops_it(sft_hf, tmp_path, monkeypatch):
+    """backend=vllm with a stand-in for vLLM's server: started with the export and vLLM's arguments from
+    TULU_VLLM_PYTHON's environment, sent the prompts as token ids rendered here with the export's chat
+    template (no BOS), stopped afterwards."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from tulu_mcore.evaluation.harness import evaluate
+
+    hf = tmp_path / "hf"
+    shutil.copytree(sft_hf, hf)
+    cfg = json.loads((hf / "tokenizer_config.json").read_text())
+    (hf / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": CHAT_TEMPLATE}))
+    worker = Path(__file__).parents[1] / "workers" / "fake_openai_server.py"
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} {worker} \"$@\"\n")
+    fake.chmod(0o755)
+    log = tmp_path / "requests.jsonl"
+    monkeypatch.setenv("TULU_VLLM_PYTHON", str(fake))
+    monkeypatch.setenv("TULU_FAKE_SERVER_LOG", str(log))
+    data = tmp_path / "data"
+    write(data, "demo", [
+        {"messages": [{"role": "user", "content": "Mia has 5 and gets 7 more."}], "ground_truth": "12", "dataset": "gsm8k"},
+        {"messages": [{"role": "user", "content": "Mia has 5 and gets 8 more."}], "ground_truth": "13", "dataset": "gsm8k"},
+        {"messages": [{"role": "user", "content": "Name a river. End with 'Bye.'"}],
+         "ground_truth": json.dumps({"func_name": "validate_end", "end_phrase": "Bye."}), "dataset": "ifeval"}])
+    rec = evaluate(str(hf), Settings(tasks=["demo_tulu"], backend="vllm", data=str(data), max_length=256),
+                   tmp_path / "out")
+    assert rec["scores"]["demo_tulu"]["value"] == pytest.approx((1 / 2 + 0) / 2)  # every answer is "12"
+    bodies = [json.loads(line) for line in log.read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(hf)
+    want = tok.apply_chat_template([{"role": "user", "content": "Mia has 5 and gets 7 more."}], tokenize=False,
+                                   add_generation_prompt=True)
+    sent = [tok.decode(p) for b in bodies for p in (b["prompt"] if isinstance(b["prompt"][0], list) else [b["prompt"]])]
+    assert want in sent and not any(s.startswith("<|begin_of_text|>") for s in sent)
+    assert all(b["max_tokens"] == 32 and b["temperature"] == 0 and b["seed"] == 1234 for b in bodies)
+    assert (tmp_path / "out" / "vllm.log").is_file()
+    from tulu_mcore.evaluation.serve import models
+
+    with pytest.raises(OSError):  # the server was stopped: its port no longer answers
+        models(rec["settings"]["url"], timeout=2)

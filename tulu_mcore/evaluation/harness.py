@@ -186,7 +186,8 @@ class _backend:
         extra = ["--enforce-eager"] if os.environ.get("TULU_EVAL_VLLM_EAGER") else []
         self.cm = vllm_server(self.hf_dir, self.out / "vllm.log", max_model_len=self.s.max_length,
                               dtype=self.s.dtype, seed=self.s.seed, extra=extra)
-        return self.cm.__enter__()
+        self.s.url = self.cm.__enter__()  # recorded with the settings
+        return self.s.url
 
     def __exit__(self, *exc):
         if self.cm is not None:

@@ -1,4 +1,6 @@
-"""vLLM's OpenAI-compatible server on an export, out of process, for the ``vllm`` backend of tulu-eval.
+"""vLLM's OpenAI-compatible server on an export, out of process: for the ``vllm`` backend of tulu-eval
+(:func:`vllm_server`) and ``convert/serve_vllm.sh`` (``python -m tulu_mcore.evaluation.serve HF_DIR
+[vllm serve options]``, which becomes the server).
 
 vLLM lives in its own environment (``$TULU_VLLM_PYTHON``, which ``scripts/vllm-env.sh`` builds for CPU;
 else ``vllm`` on PATH), as for rollouts. The server runs in its own session so that stopping it stops
@@ -86,3 +88,17 @@ def vllm_server(hf_dir: Path, log: Path, *, max_model_len: int, dtype: str = "au
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(30)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    cmd, env = _command()
+    os.execvpe(cmd[0], [*cmd, *args], env)
+
+
+if __name__ == "__main__":
+    from tulu_mcore.errors import cli_errors
+
+    cli_errors(main)()
