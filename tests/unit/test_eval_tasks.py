@@ -245,6 +245,9 @@ def test_sandbox_bounds_generated_code():
     assert passes("assert 1 + 1 == 2")
     assert not passes("raise SystemExit(3)")
     assert not passes("while True: pass", timeout_s=1.0)
+    # what a model may emit and an argument cannot hold: a NUL (Python refuses the program), a lone
+    # surrogate (written as "?")
+    assert not passes("x = 1\x00") and passes("assert len('\udc80') == 1")
     assert not passes("import os; os.environ['HOME']")  # an empty environment: no HOME
 
 

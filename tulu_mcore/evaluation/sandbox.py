@@ -27,7 +27,12 @@ def _limits(timeout_s: float) -> None:
 def passes(program: str, timeout_s: float = TIMEOUT_S) -> bool:
     """Whether `program` runs to completion with exit status 0 within `timeout_s`."""
     with tempfile.TemporaryDirectory(prefix="tulu-eval-exec-") as cwd:
-        proc = subprocess.Popen([sys.executable, "-I", "-c", program], cwd=cwd, stdin=subprocess.DEVNULL,
+        # from a file: generated text may hold what an argument cannot (a NUL byte); Python refuses such
+        # a program itself, as it would any other that does not compile
+        script = os.path.join(cwd, "program.py")
+        with open(script, "wb") as f:
+            f.write(program.encode("utf-8", errors="replace"))
+        proc = subprocess.Popen([sys.executable, "-I", script], cwd=cwd, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 preexec_fn=lambda: _limits(timeout_s), env={"PATH": "/usr/bin:/bin"})
         try:
