@@ -53,7 +53,7 @@ def rows(benchmark: str, rng: random.Random, n: int) -> tuple[list[dict], list[d
         return [mk(rng.choice(subjects)) for _ in range(n)], [mk(subj) for subj in subjects for _ in range(5)]
     if benchmark in ("humaneval", "humanevalplus"):
         return [{"task_id": f"T/{i}", "prompt": f"def f{i}(x):\n    \"\"\"{s()}\"\"\"\n",
-                 "test": f"def check(f):\n    assert f(1) == 1\n", "entry_point": f"f{i}"} for i in range(n)], None
+                 "test": "def check(f):\n    assert f(1) == 1\n", "entry_point": f"f{i}"} for i in range(n)], None
     if benchmark == "mmlu_pro":
         return [{"question": s(), "options": [s(3) for _ in range(10)], "answer": "C", "category": "law"}
                 for _ in range(n)], None
