@@ -62,6 +62,10 @@ def rows(benchmark: str, rng: random.Random, n: int) -> tuple[list[dict], list[d
     if benchmark == "agieval_en":
         return [{"question": s(), "choices": [s(3) for _ in range(5)], "answer": 2, "subject": "sat-math"}
                 for _ in range(n)], None
+    if benchmark == "bigcodebench_hard":
+        return [{"task_id": f"B/{i}", "instruct_prompt": s(40), "entry_point": "task_func",
+                 "test": "import unittest\nclass TestCases(unittest.TestCase):\n    def test_a(self):\n"
+                         "        self.assertEqual(task_func(1), 1)\n"} for i in range(n)], None
     if benchmark == "deepmind_math":
         return [{"question": s(), "answer": str(rng.randint(1, 9)), "subject": "arithmetic"} for _ in range(n)], None
     raise ValueError(benchmark)
@@ -94,7 +98,7 @@ def main() -> None:
     rng = random.Random(0)
     data = out / "data"
     for b in ("gsm8k", "minerva_math", "ifeval", "bbh", "drop", "popqa", "truthfulqa", "mmlu", "humaneval",
-              "humanevalplus", "mmlu_pro", "gpqa", "agieval_en", "deepmind_math"):
+              "humanevalplus", "mmlu_pro", "gpqa", "agieval_en", "deepmind_math", "bigcodebench_hard"):
         test, shots = rows(b, rng, args.limit)
         (data / b).mkdir(parents=True)
         (data / b / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))

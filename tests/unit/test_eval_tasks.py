@@ -129,6 +129,13 @@ def data(tmp_path_factory):
     write(root, "deepmind_math", [{"question": "[dm1] 6*7", "answer": "42", "subject": "arithmetic"},
                                   {"question": "[dm2] 1/3", "answer": "1/3", "subject": "arithmetic"},
                                   {"question": "[dm3] solve", "answer": "6", "subject": "algebra"}])
+    bcb_test = ("import unittest\nclass TestCases(unittest.TestCase):\n    def test_one(self):\n"
+                "        self.assertEqual(task_func(1), 2)\n")
+    write(root, "bigcodebench_hard", [
+        {"task_id": "B/0", "instruct_prompt": "[c1] Write task_func(x) returning x + 1.", "test": bcb_test,
+         "entry_point": "task_func"},
+        {"task_id": "B/1", "instruct_prompt": "[c2] Write task_func(x) returning x + 1.", "test": bcb_test,
+         "entry_point": "task_func"}])
     write(root, "demo", [
         {"messages": [{"role": "user", "content": "[e1] Mia has 5 and gets 7 more."}], "ground_truth": "12",
          "dataset": "gsm8k"},
@@ -157,6 +164,8 @@ RESPONSES = {
     "[a1]": "Therefore, the answer is (B)", "[a2]": "Therefore, the answer is (C)",
     "[dm1]": "6*7=42. Therefore, the final answer is 42. I hope it is correct.",
     "[dm2]": "Therefore, the final answer is $\\frac{1}{3}$. I hope it is correct.", "[dm3]": "x = 5",
+    "[c1]": "Here:\n```python\ndef task_func(x):\n    return x + 1\n```\nDone.",
+    "[c2]": "```python\ndef task_func(x):\n    return x - 1\n```",
     "[e1]": "5 + 7 = 12. The answer is 12.", "[e2]": "HELLO", "[e3]": "moon",
 }
 LLS = {("[t1]", "A1"): math.log(0.5), ("[t1]", "A2"): math.log(0.25), ("[t1]", "A3"): math.log(0.25),
@@ -180,6 +189,7 @@ EXPECTED = {
     "gpqa_tulu": 1 / 2,
     "agieval_en_tulu": (1 + 0) / 2,
     "deepmind_math_tulu": (1 + 0) / 2,  # macro: arithmetic 2/2 (1/3 equivalent), algebra 0/1
+    "bigcodebench_hard_tulu": 1 / 2,  # the fenced code with the task's TestCases: x + 1 passes, x - 1 fails
     "demo_tulu": (1 + 1 / 2) / 2,  # macro over the rows' datasets: gsm8k 1/1, ifeval 1/2
 }
 
@@ -237,6 +247,8 @@ def test_extraction_and_metrics_directly():
     assert scoring.pass_at_k(20, 0, 10) == 0.0 and scoring.pass_at_k(20, 11, 10) == 1.0
     assert scoring.pass_at_k(2, 1, 1) == pytest.approx(0.5)
     assert scoring.macro_mean([("a", 1), ("a", 0), ("b", 1)]) == pytest.approx(0.75)
+    assert scoring.fenced_code("x\n```python\nA\n```\n```python\nB\n```") == "A\n"
+    assert scoring.fenced_code("```\nC") == "C" and scoring.fenced_code("plain") == "plain"
 
 
 def test_sandbox_bounds_generated_code():
@@ -257,8 +269,8 @@ def test_presets_name_every_task_and_every_benchmark_not_run():
                    "minerva_math_tulu", "gsm8k_tulu", "humaneval_tulu", "humanevalplus_tulu", "ifeval_tulu"]
     assert set(dev_skip) == {"alpaca_eval_v2", "safety"}
     unseen, unseen_skip = presets.expand("tulu3_unseen")
-    assert unseen == ["mmlu_pro_tulu", "gpqa_tulu", "agieval_en_tulu", "deepmind_math_tulu"]
-    assert set(unseen_skip) == {"bigcodebench_hard", "ifeval_ood", "href"}
+    assert unseen == ["mmlu_pro_tulu", "gpqa_tulu", "agieval_en_tulu", "deepmind_math_tulu", "bigcodebench_hard_tulu"]
+    assert set(unseen_skip) == {"ifeval_ood", "href"}
     both, _ = presets.expand("tulu3_dev,gsm8k_tulu,tulu3_unseen")
     assert both == dev + unseen  # no task twice
     cfgs = task_configs(dev + unseen, [])  # every name has a task file with its OLMES id

@@ -10,9 +10,9 @@ first) or a checkpoint (exported first, into OUT/hf).
 keys:
   tasks=      presets and task names, comma-separated (default tulu3_dev). Presets: tulu3_dev (MMLU 0-shot
               CoT and 5-shot MC, PopQA, TruthfulQA MC2, BBH CoT, DROP, MATH flex, GSM8K, HumanEval(+) pass@10,
-              IFEval), tulu3_unseen (MMLU-Pro, GPQA, AGIEval-en, DeepMind Mathematics), demo (tulu-demo's
-              held-out prompts). Benchmarks a preset cannot run here (LLM-judge and classifier suites,
-              BigCodeBench, IFEval-OOD) are listed in the table as not run, with the reason.
+              IFEval), tulu3_unseen (MMLU-Pro, GPQA, AGIEval-en, DeepMind Mathematics, BigCodeBench-Hard),
+              demo (tulu-demo's held-out prompts). Benchmarks a preset cannot run here (LLM-judge and
+              classifier suites, IFEval-OOD) are listed in the table as not run, with the reason.
   backend=    hf (transformers in this process; default), vllm (vLLM's server started on the export from
               $TULU_VLLM_PYTHON's environment), server (an OpenAI-compatible endpoint: url=)
   url=        backend=server: the endpoint's base URL, e.g. http://HOST:8000/v1

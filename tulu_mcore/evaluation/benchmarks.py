@@ -42,6 +42,7 @@ SCHEMAS = {
     "gpqa": ("question", "choices", "answer"),
     "agieval_en": ("question", "choices", "answer", "subject"),
     "deepmind_math": ("question", "answer", "subject"),
+    "bigcodebench_hard": ("task_id", "instruct_prompt", "test", "entry_point"),  # test: a unittest TestCases
     # the demo's held-out prompts (tulu-demo): RLVR rows, scored by our verifiers
     "demo": ("messages", "ground_truth", "dataset"),
 }
@@ -51,6 +52,7 @@ MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediat
 AGIEVAL_EN = ("aqua-rat", "gaokao-english", "logiqa-en", "lsat-ar", "lsat-lr", "lsat-rc", "sat-en",
               "sat-en-without-passage", "sat-math")
 POPQA_SHOTS = 15
+BIGCODEBENCH_RELEASE = "v0.1.4"
 
 
 def load(benchmark: str, data_dir: str | None = None, fewshot: bool = True, **_) -> dict:
@@ -188,6 +190,8 @@ def _from_hub(benchmark: str) -> tuple[list[dict], list[dict] | None]:
         return list(_hub("TIGER-Lab/MMLU-Pro", None, "test")), None
     if b == "gpqa":
         return [_gpqa_row(i, r) for i, r in enumerate(_hub("Idavidrein/gpqa", "gpqa_main", "train"))], None
+    if b == "bigcodebench_hard":  # the hub copy's splits are its releases
+        return list(_hub("bigcode/bigcodebench-hard", None, BIGCODEBENCH_RELEASE)), None
     if b == "agieval_en":
         return [_agieval_row(s, r) for s in AGIEVAL_EN for r in _hub(f"hails/agieval-{s}", None, "test")], None
     raise UserError(f"{benchmark} has no hub copy that datasets>=4 can read (deepmind_math is a loading script); "

@@ -21,10 +21,8 @@ PRESETS: dict[str, dict] = {
     },
     # the unseen suite, kept for the end (P Table 33)
     "tulu3_unseen": {
-        "tasks": ["mmlu_pro_tulu", "gpqa_tulu", "agieval_en_tulu", "deepmind_math_tulu"],
+        "tasks": ["mmlu_pro_tulu", "gpqa_tulu", "agieval_en_tulu", "deepmind_math_tulu", "bigcodebench_hard_tulu"],
         "not_run": {
-            "bigcodebench_hard": "needs BigCodeBench's own execution environment (its pinned libraries per "
-                                 "task); run the bigcodebench package",
             "ifeval_ood": "IFBench's new constraints have their own checkers (allenai/IFBench); not in this "
                           "harness",
             "href": "win rate judged by an LLM (allenai/href); outside this harness",

@@ -98,6 +98,15 @@ def macro_mean(items: list) -> float:
     return sum(sum(v) / len(v) for v in by.values()) / len(by) if by else float("nan")
 
 
+def fenced_code(response: str) -> str:
+    """The code of an answer: its first ```python block (else its first ``` block, else the whole text)."""
+    for pattern in (r"```python[^\n]*\n(.*?)(?:```|$)", r"```[^\n]*\n(.*?)(?:```|$)"):
+        m = re.search(pattern, response, re.S)
+        if m:
+            return m.group(1)
+    return response
+
+
 def code_completion(response: str) -> str:
     """The code of a completion that continues a ```python block: up to the block's closing fence."""
     return response.split("```")[0]

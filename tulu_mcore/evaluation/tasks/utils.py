@@ -151,6 +151,10 @@ def humaneval_text(doc):
     return f"Complete the following python function.\n\n\n{doc['prompt']}"
 
 
+def bigcodebench_text(doc):
+    return doc["instruct_prompt"]
+
+
 def demo_text(doc):
     return [m for m in field(doc, "messages") if m["role"] == "user"][-1]["content"]
 
@@ -223,6 +227,20 @@ def humaneval_results(doc, results):
                                   f"check({doc['entry_point']})\n")
     c = sum(passes(program(s)) for s in samples)
     return {f"pass@{k}": scoring.pass_at_k(len(samples), c, k) for k in (1, 10) if k <= len(samples)}
+
+
+# BigCodeBench's check: the answer's code, then the task's tests; every TestCases test must pass
+_RUN_TESTCASES = ("\n\nif __name__ == '__main__':\n    import sys as _sys, unittest as _unittest\n"
+                  "    _r = _unittest.TextTestRunner(verbosity=0).run(\n"
+                  "        _unittest.defaultTestLoader.loadTestsFromTestCase(TestCases))\n"
+                  "    _sys.exit(0 if _r.wasSuccessful() else 1)\n")
+
+
+def bigcodebench_results(doc, results):
+    from tulu_mcore.evaluation.sandbox import passes
+
+    program = f"{scoring.fenced_code(results[0])}\n{doc['test']}{_RUN_TESTCASES}"
+    return {"pass@1": int(passes(program, timeout_s=60.0))}
 
 
 def demo_results(doc, results):
