@@ -1,6 +1,6 @@
 """The time of `tulu-eval tasks=tulu3_dev,tulu3_unseen limit=N` on the tiny model on CPU (hf backend).
 
-    python benchmarks/eval_tiny.py [--limit 10] [--out /tmp/eval-bench]
+    python benchmarks/eval_tiny.py [--limit 10] [--out /tmp/eval-bench] [--tasks tulu3_dev,tulu3_unseen]
 
 The tiny model (random weights, the built-in tokenizer with the Tülu chat template) answers synthetic
 rows in each benchmark's local schema (no hub data here): a random model rarely stops, so every
@@ -75,6 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=10)
     ap.add_argument("--out", default="/tmp/eval-bench")
+    ap.add_argument("--tasks", default="tulu3_dev,tulu3_unseen", help="presets or tasks to time (tulu-eval tasks=)")
     args = ap.parse_args()
     import dataclasses
 
@@ -104,7 +105,7 @@ def main() -> None:
         (data / b / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
         if shots:
             (data / b / "fewshot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shots))
-    tasks, _ = presets.expand("tulu3_dev,tulu3_unseen")
+    tasks, _ = presets.expand(args.tasks)
     per_task = {}
     for t in tasks:
         t0 = time.time()
