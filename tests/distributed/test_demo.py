@@ -39,7 +39,7 @@ def test_demo_decontaminates_then_scores_every_stage_on_held_out_prompts(demo_ru
     assert (demo_runs / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_tulu_eval_exports_a_checkpoint_first_and_compares_stages(demo_runs, tmp_path):
+def test_tulu_eval_exports_a_checkpoint_first_and_compares_stages(demo_runs, tmp_path, capsys):
     """tulu-eval on the RLVR run's final checkpoint (exported first) answers as the demo's evaluation of
     the run's own export did; `compare` puts the three stages side by side."""
     import subprocess
@@ -63,10 +63,9 @@ def test_tulu_eval_exports_a_checkpoint_first_and_compares_stages(demo_runs, tmp
 
     assert responses(out) == responses(demo_runs / "eval" / "rlvr")[:6]
 
+    from tulu_mcore.cli.eval import main
+
     ev = demo_runs / "eval"
-    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.eval", "compare", str(ev / "sft"), str(ev / "dpo"),
-                           str(ev / "rlvr"), "labels=SFT,DPO,RLVR", f"out={tmp_path / 'cmp'}"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith("| task | SFT | DPO | RLVR |")
+    main(["compare", str(ev / "sft"), str(ev / "dpo"), str(ev / "rlvr"), "labels=SFT,DPO,RLVR", f"out={tmp_path / 'cmp'}"])
+    assert capsys.readouterr().out.startswith("| task | SFT | DPO | RLVR |")
     assert (tmp_path / "cmp" / "compare.png").is_file() and (tmp_path / "cmp" / "compare.md").is_file()

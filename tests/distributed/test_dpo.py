@@ -25,7 +25,7 @@ def cache_run(sft_hf, tmp_path_factory):
     args = [f"model.init={sft_hf}", f"train.max_steps={STEPS}", "optim.lr=2e-3", "dpo.loss_type=dpo",
             "dpo.beta=0.5", f"eval.data={held}"]
     proc = train(dpo_args(root / "tp1", root / "data", f"dpo.reference_cache={ref}", *args), nproc=2)
-    assert "reference log-probs: one forward pass over 256 pairs" in proc.stdout
+    assert "reference log-probs: one forward pass over 320 pairs" in proc.stdout
     return root, ref, args
 
 
@@ -68,7 +68,8 @@ def test_stale_cache_refused(cache_run, tmp_path):
 
 
 def test_tiny_dpo_learns_its_preferences(sft_hf, data_cache, tmp_path):
-    train(dpo_args(tmp_path / "run", data_cache, f"model.init={sft_hf}", "train.epochs=2", "optim.lr=2e-3"))
+    train(dpo_args(tmp_path / "run", data_cache, f"model.init={sft_hf}", "train.epochs=2", "train.max_steps=16",
+                   "optim.lr=2e-3"))
     m = metrics(tmp_path / "run")
     assert len(m) == 16
     first, last = m[:4], m[-4:]

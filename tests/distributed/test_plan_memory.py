@@ -14,7 +14,7 @@ from tulu_mcore.runtime.launch import torchrun
 
 MODEL = ["model.arch.hidden_size=1024", "model.arch.intermediate_size=2816", "model.arch.num_attention_heads=16",
          "model.arch.num_key_value_heads=4", "model.arch.head_dim=64", "model.arch.vocab_size=32768",
-         "train.seq_length=2048", "train.micro_batch_size=1"]
+         "train.seq_length=1024", "train.micro_batch_size=1"]
 
 
 LAYOUTS = {"dp2": ["train.global_batch_size=2"],

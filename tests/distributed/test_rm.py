@@ -14,7 +14,8 @@ def rm_run(sft_hf, tmp_path_factory):
     root = tmp_path_factory.mktemp("rm")
     held = builtin_rows(root / "held.jsonl", "builtin:preference-demo", 16)
     train(["recipe=rm", f"run.dir={root / 'run'}", f"data.cache_dir={root / 'data'}", "runtime.device=cpu",
-           "metrics.progress=false", f"model.init={sft_hf}", "train.epochs=3", "optim.lr=2e-3", f"eval.data={held}",
+           "metrics.progress=false", f"model.init={sft_hf}", "train.epochs=3", "train.max_steps=24", "optim.lr=2e-3",
+           f"eval.data={held}",
            "eval.every_steps=12"])
     return root
 

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                 "train.epochs=2", "optim.lr=1e-4", f"data.cache_dir={out / 'cache'}", f"data.train={clean['dpo']}"]
     # 2 passes over the 256 demo prompts (8 per step, 8 samples each); a tiny model's LR
     rl_args = ["recipe=rlvr_grpo", f"model.init={dpo_dir}", f"run.dir={rl_dir}", f"runtime.device={device}",
-               "train.epochs=2", "optim.lr=3e-4", f"data.train={clean['rlvr']}"]
+               "train.epochs=1", "optim.lr=6e-4", f"data.train={clean['rlvr']}"]
     sft_s, dpo_s, rl_s = _train([sft_args, dpo_args, rl_args], args.ranks, device, out)
 
     ckpt = resolve_checkpoint(sft_dir)

@@ -78,7 +78,7 @@ def vllm_server(hf_dir: Path, log: Path, *, max_model_len: int, dtype: str = "au
                                     + log.read_text(errors="replace")[-3000:]) from None
                 if time.time() - t0 > start_timeout_s:
                     raise UserError(f"vLLM did not answer within {start_timeout_s:.0f} s; its log: {log}") from None
-                time.sleep(2)
+                time.sleep(0.5)
         yield url
     finally:
         if proc.poll() is None:
