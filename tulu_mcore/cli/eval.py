@@ -16,6 +16,7 @@ keys:
   backend=    hf (transformers in this process; default), vllm (vLLM's server started on the export from
               $TULU_VLLM_PYTHON's environment), server (an OpenAI-compatible endpoint: url=)
   url=        backend=server: the endpoint's base URL, e.g. http://HOST:8000/v1
+  vllm_args=  backend=vllm: more `vllm serve` options, quoted, e.g. vllm_args="--tensor-parallel-size 8"
   limit=      the first N rows of each task (quick runs)
   data=       a local folder of benchmark rows: DIR/<benchmark>/test.jsonl (+ fewshot.jsonl); default: the
               hub datasets in the local Hugging Face cache (HF_DATASETS_OFFLINE=1 without internet)
@@ -40,7 +41,7 @@ from tulu_mcore.errors import UserError, cli_errors
 
 _INT = ("limit", "batch_size", "max_length", "max_gen_toks", "repeats", "seed", "num_concurrent")
 _KEYS = ("tasks", "backend", "url", "limit", "data", "include", "out", "max_gen_toks", "repeats", "device", "dtype",
-         "batch_size", "max_length", "seed", "num_concurrent")
+         "batch_size", "max_length", "seed", "num_concurrent", "vllm_args")
 
 
 def _parse(items: list[str], allowed: tuple[str, ...]) -> tuple[list[str], dict]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ class Settings:
     repeats: int | None = None  # caps pass@k tasks' samples (quick runs); None: the task's own (20)
     seed: int = 1234
     num_concurrent: int = 4  # backend=server: requests in flight
+    vllm_args: str = ""  # backend=vllm: more `vllm serve` options, e.g. "--tensor-parallel-size 8"
     not_run: dict[str, str] = field(default_factory=dict)
 
 
@@ -183,7 +184,7 @@ class _backend:
             return self.s.url.rstrip("/")
         from tulu_mcore.evaluation.serve import vllm_server
 
-        extra = ["--enforce-eager"] if os.environ.get("TULU_EVAL_VLLM_EAGER") else []
+        extra = shlex.split(self.s.vllm_args)
         self.cm = vllm_server(self.hf_dir, self.out / "vllm.log", max_model_len=self.s.max_length,
                               dtype=self.s.dtype, seed=self.s.seed, extra=extra)
         self.s.url = self.cm.__enter__()  # recorded with the settings
