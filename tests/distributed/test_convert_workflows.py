@@ -6,7 +6,6 @@ greedy-decodes the tokens transformers does, its chat template applied by the se
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -138,6 +137,7 @@ def test_serve_vllm_completes_like_transformers(vllm_python, demo_runs, tmp_path
     template (Tülu's, as trained)."""
     from transformers import AutoTokenizer
 
+    from tulu_mcore.evaluation.serve import stop
     from tulu_mcore.runtime.distributed import free_port
 
     export = demo_runs / "rlvr" / "hf"
@@ -203,10 +203,4 @@ def test_serve_vllm_completes_like_transformers(vllm_python, demo_runs, tmp_path
         assert responses(ev, 16) == responses(demo_runs / "eval" / "rlvr", 16)
         assert hf_rec["settings"]["backend"] == "hf"
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(30)
+        stop(server)

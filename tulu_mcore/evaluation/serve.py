@@ -81,13 +81,18 @@ def vllm_server(hf_dir: Path, log: Path, *, max_model_len: int, dtype: str = "au
                 time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stops a server started in its own session, its engine processes with it (SIGTERM, then SIGKILL)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
 
 
 def main(argv: list[str] | None = None) -> None:
