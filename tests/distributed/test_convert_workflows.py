@@ -193,14 +193,14 @@ def test_serve_vllm_completes_like_transformers(vllm_python, demo_runs, tmp_path
 
         ev = tmp_path / "eval"
         rec = evaluate(str(export), Settings(tasks=["demo_tulu"], backend="server", url=f"http://127.0.0.1:{port}/v1",
-                                             data=str(demo_runs / "heldout"), max_length=128, limit=16), ev)
+                                             data=str(demo_runs / "heldout"), max_length=128, limit=8), ev)
         hf_rec = json.loads((demo_runs / "eval" / "rlvr" / "results.json").read_text())
-        assert rec["scores"]["demo_tulu"]["n"] == 16 and rec["settings"]["backend"] == "server"
+        assert rec["scores"]["demo_tulu"]["n"] == 8 and rec["settings"]["backend"] == "server"
 
         def responses(d, n):
             return [json.loads(line)["resps"][0][0] for line in (d / "samples_demo_tulu.jsonl").read_text().splitlines()][:n]
 
-        assert responses(ev, 16) == responses(demo_runs / "eval" / "rlvr", 16)
+        assert responses(ev, 8) == responses(demo_runs / "eval" / "rlvr", 8)
         assert hf_rec["settings"]["backend"] == "hf"
     finally:
         stop(server)
