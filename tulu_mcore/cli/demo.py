@@ -1,7 +1,7 @@
 """``tulu-demo``: the built-in tiny default, end to end on this machine.
 
 0. Decontamination (``tulu-decontam``) of the built-in training data against the built-in held-out
-   prompts (new problems of the RLVR kinds with names, items and words no training row uses): the stages
+   prompts (new arithmetic problems; new questions asking for a trained response format): the stages
    train on the filtered copies in ``<out>/decontam/``, whose report says what overlapped.
 1. Tülu 3 SFT of the tiny Llama (random weights, the built-in tokenizer) on the built-in demo
    conversations, with checkpoints and a Hugging Face export: ``tulu-train recipe=sft model=tiny`` with
@@ -91,13 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sft_dir, dpo_dir, rl_dir = out / "sft", out / "dpo", out / "rlvr"
     clean = _decontaminate(out)
-    # 10 passes over the 480 demo conversations: the recipe's 2 are enough for real models, not for
-    # a randomly initialised tiny one to learn the answers' format
+    # 10 passes over the 600 demo conversations: the recipe's 2 are enough for real models, not for
+    # a randomly initialised tiny one to learn the answers' format; DPO's and RL's LRs are the largest
+    # that still move the held-out score up rather than wreck the model's generation
     sft_args = ["recipe=sft", "model=tiny", f"run.dir={sft_dir}", f"runtime.device={device}", "train.epochs=10",
                 f"data.cache_dir={out / 'cache'}", f"data.train={clean['sft']}", *args.overrides]
     dpo_args = ["recipe=dpo", f"model.init={sft_dir}", f"run.dir={dpo_dir}", f"runtime.device={device}",
                 "train.epochs=2", "optim.lr=1e-4", f"data.cache_dir={out / 'cache'}", f"data.train={clean['dpo']}"]
-    # 2 passes over the 256 demo prompts (8 per step, 8 samples each); a tiny model's LR
+    # one pass over the 320 demo prompts (8 per step, 8 samples each)
     rl_args = ["recipe=rlvr_grpo", f"model.init={dpo_dir}", f"run.dir={rl_dir}", f"runtime.device={device}",
                "train.epochs=1", "optim.lr=6e-4", f"data.train={clean['rlvr']}"]
     sft_s, dpo_s, rl_s = _train([sft_args, dpo_args, rl_args], args.ranks, device, out)
@@ -173,7 +174,8 @@ def _decontaminate(out: Path) -> dict:
         clean[stage] = f["path"]
         total, removed = total + f["rows"], removed + f["removed"]
     contaminated = sum(r["contaminated"] for r in report.rows)
-    _say(f"decontamination (Tülu 3's 8-gram rule) of the {total} training rows against the {report.rows[0]['eval_instances']} "
+    heldout = report.rows[0]["eval_instances"]
+    _say(f"decontamination (Tülu 3's 8-gram rule) of the {total} training rows against the {heldout} "
          f"held-out prompts: {removed} rows removed, {contaminated} of {len(report.rows)} sources contaminated "
          f"(report: {out / 'decontam' / 'report.md'})")
     clean["summary"] = {"training_rows": total, "removed": removed, "contaminated_sources": contaminated}
