@@ -216,15 +216,19 @@ def _agieval_row(subject: str, r: dict) -> dict:
 # --- the standard few-shot examples, read from the installed lm-eval's task files ---------------------
 
 class _TagTolerantLoader(yaml.SafeLoader):
-    """lm-eval's YAML with its ``!function`` tags read as plain strings (nothing is imported)."""
+    pass
 
 
 _TagTolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
+def task_yaml(text: str):
+    """An lm-eval task file's YAML with its ``!function`` tags read as None (nothing is imported)."""
+    return yaml.load(text, Loader=_TagTolerantLoader)
+
+
 def _lm_eval_task(relpath: str) -> dict:
-    path = resources.files("lm_eval") / "tasks" / relpath
-    return yaml.load(path.read_text(), Loader=_TagTolerantLoader)
+    return task_yaml((resources.files("lm_eval") / "tasks" / relpath).read_text())
 
 
 def _bbh_subjects() -> list[str]:

@@ -71,13 +71,13 @@ def resolve_model(model: str, work: Path) -> Path:
 
 def task_configs(tasks: list[str], include: list[str]) -> dict[str, dict]:
     """Each task's file (ours, then the include folders') read without importing anything."""
-    from tulu_mcore.evaluation.benchmarks import _TagTolerantLoader
+    from tulu_mcore.evaluation.benchmarks import task_yaml
 
     found = {}
     for folder in [TASKS_DIR, *map(Path, include)]:
         for f in sorted(folder.rglob("*.yaml")):
             try:
-                cfg = yaml.load(f.read_text(), Loader=_TagTolerantLoader) or {}
+                cfg = task_yaml(f.read_text()) or {}
             except yaml.YAMLError as e:
                 raise UserError(f"{f}: not valid YAML: {e}") from None
             if isinstance(cfg, dict) and isinstance(cfg.get("task"), str):

@@ -222,7 +222,7 @@ def deepmind_math_results(doc, results):
 def humaneval_results(doc, results):
     from tulu_mcore.evaluation.sandbox import passes
 
-    samples = results[0] if results and isinstance(results[0], list) else results
+    samples = results[0]  # the doc's one request: its repeats, every one kept (filter keep_all)
     program = lambda completion: (f"{doc['prompt']}\n{scoring.code_completion(completion)}\n\n{doc['test']}\n"  # noqa: E731
                                   f"check({doc['entry_point']})\n")
     c = sum(passes(program(s)) for s in samples)
