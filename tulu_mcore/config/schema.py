@@ -22,7 +22,7 @@ ENGINES = ("megatron", "vllm")
 LOSS_AGGREGATIONS = ("token_mean", "group_token_mean", "sequence_mean")
 PI_OLD = ("trainer", "engine")
 SCORE_POSITIONS = ("after_eos", "eos")
-WEIGHT_TRANSPORTS = ("memory", "disk")
+WEIGHT_TRANSPORTS = ("collective", "memory", "disk")
 DPO_LOSSES = ("dpo", "dpo_norm", "ipo", "simpo")
 REFERENCES = ("cache", "live")
 REDUCTIONS = ("sum", "token_mean")
@@ -163,8 +163,19 @@ class VllmConfig:
     env: dict = field(default_factory=dict)  # more environment for the engine process only (VLLM_* settings)
     gpu_memory_utilization: float = 0.85
     enforce_eager: bool = False
-    transport: str = "memory"  # memory: tensors over the socket | disk: safetensors, then a reload
-    bucket_mb: int = 512  # weights travel in buckets of about this size
+    # collective: every pipeline stage broadcasts its buckets to the engine's workers over torch.distributed
+    # groups spanning trainer and engine (NCCL on GPUs, gloo on CPUs) | memory: through rank 0 and the
+    # socket (a shared-memory file to the workers) | disk: safetensors under run.dir/engine, then a reload
+    transport: str = "collective"
+    bucket_mb: int = 512  # weights travel in buckets of about this size (whole decoder layers)
+    # every N-th push is verified (the first included; 0: never): per-tensor checksums, checked by the
+    # workers (collective transport), and a probe: the engine's and the trainer's log-probs of fixed
+    # sequences, whose mean gap must stay within probe_tol (default 1e-2 in fp32, 1e-1 in bf16/fp16)
+    verify_every: int = 1
+    probe_tol: float | None = None
+    # the address the engine's workers reach trainer rank 0 at (collective transport); default 127.0.0.1
+    # for an engine on this machine, else this node's host name
+    collective_host: str | None = None
     startup_timeout_s: int = 600
     timeout_s: int = 3600  # longest wait for one reply (a generation) before the engine counts as hung
 

@@ -316,6 +316,9 @@ def _check_rlvr(cfg: RunConfig, err) -> None:
             "trainer's processes: set rlvr.engine=vllm")
     if r.engine == "vllm" and (r.vllm.tp < 1 or r.vllm.bucket_mb < 1 or not 0 < r.vllm.gpu_memory_utilization <= 1):
         err("rlvr.vllm: tp >= 1, bucket_mb >= 1 and 0 < gpu_memory_utilization <= 1 are required")
+    if r.vllm.verify_every < 0 or (r.vllm.probe_tol is not None and r.vllm.probe_tol <= 0):
+        err(f"rlvr.vllm.verify_every={r.vllm.verify_every} (>= 0; 0: never) and rlvr.vllm.probe_tol="
+            f"{r.vllm.probe_tol} (> 0, or null for the dtype's default)")
 
 
 def _check_dpo(cfg: RunConfig, err) -> None:

@@ -2,11 +2,14 @@
 
 ``tulu-convert mcore-to-hf`` writes the stream to safetensors; RL weight sync pushes the same stream
 into vLLM. Tensors arrive on global rank 0 in checkpoint order (embedding, layers 0..L-1, final norm,
-LM head), grouped into buckets of about `bucket_bytes`.
+LM head), grouped into buckets of about `bucket_bytes` that end at a decoder layer's end (a bucket
+never splits a layer: a receiver that buffers a layer's tensors until it is complete, as vLLM's
+layer-wise reload does, is then done with a bucket when it has loaded it).
 
 Only the ranks of the first data-parallel / context-parallel replica take part (the other replicas
 hold identical weights). Within it, each parameter is all-gathered over TP on the pipeline stage that
-owns it and sent from that stage's TP rank 0 to rank 0.
+owns it and sent from that stage's TP rank 0 to rank 0; with ``per_stage=True`` nothing is sent: each
+stage's TP rank 0 yields the buckets of its own layers (a weight push where every stage sends its own).
 """
 
 from __future__ import annotations
@@ -22,10 +25,17 @@ from tulu_mcore.models.llama.mapping import find_param, hf_shapes, shards_to_hf,
 Bucket = list[tuple[str, torch.Tensor]]
 
 
-def export_hf_weights(chunks, arch: LlamaArch, *, bucket_bytes: int = 1 << 29) -> Iterator[Bucket]:
-    """Yield buckets of (HF name, full tensor) on global rank 0; a collective over the first replica.
+def _layer(name: str) -> int | None:
+    parts = name.split(".")
+    return int(parts[2]) if parts[:2] == ["model", "layers"] else None
 
-    Every rank must exhaust the iterator (ranks other than 0 get nothing from it).
+
+def export_hf_weights(chunks, arch: LlamaArch, *, bucket_bytes: int = 1 << 29,
+                      per_stage: bool = False) -> Iterator[Bucket]:
+    """Yield buckets of (HF name, full tensor) on global rank 0 (with `per_stage`: on each pipeline
+    stage's first rank, that stage's tensors); a collective over the first replica.
+
+    Every rank must exhaust the iterator (the other ranks get nothing from it).
     """
     from megatron.core import parallel_state as ps
 
@@ -39,7 +49,7 @@ def export_hf_weights(chunks, arch: LlamaArch, *, bucket_bytes: int = 1 << 29) -
     tp, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
     pp, pp_rank = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank()
     pp_group = ps.get_pipeline_model_parallel_group()
-    is_dst = dist.get_rank() == 0
+    is_dst = dist.get_rank() == 0 if not per_stage else tp_rank == 0
     dtype = models[0].config.params_dtype
     device = next(iter(params[0].values())).device
     shapes = hf_shapes(arch)
@@ -59,7 +69,7 @@ def export_hf_weights(chunks, arch: LlamaArch, *, bucket_bytes: int = 1 << 29) -
             else:
                 shards = [local]
             tensors = shards_to_hf(rule, hf_names, shards, arch) if tp_rank == 0 else []
-        if pp > 1 and tp_rank == 0 and owner_pp != 0:
+        if pp > 1 and tp_rank == 0 and owner_pp != 0 and not per_stage:
             # the owner stage's TP rank 0 sends to rank 0 (first stage, same TP/DP/CP coordinate)
             src = dist.get_global_rank(pp_group, owner_pp)
             if pp_rank == owner_pp and not is_dst:
@@ -72,13 +82,13 @@ def export_hf_weights(chunks, arch: LlamaArch, *, bucket_bytes: int = 1 << 29) -
                     t = torch.empty(shapes[n], dtype=dtype, device=device)
                     dist.recv(t, src=src)
                     tensors.append((n, t))
-        if is_dst:
+        if is_dst and tensors:
+            if size >= bucket_bytes and _layer(tensors[0][0]) != _layer(bucket[-1][0]):
+                yield bucket
+                bucket, size = [], 0
             for n, t in tensors:
                 bucket.append((n, t))
                 size += t.numel() * t.element_size()
-            if size >= bucket_bytes:
-                yield bucket
-                bucket, size = [], 0
     if is_dst and bucket:
         yield bucket
 

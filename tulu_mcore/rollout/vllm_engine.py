@@ -1,16 +1,22 @@
 """The ``vllm`` rollout engine: a vLLM process outside the trainer (its own Python environment, no Ray),
 driven from global rank 0 over a socket (:mod:`tulu_mcore.rollout.vllm_side.server`).
 
-Weight sync: every trainer rank walks the shared weight export (HF-named full tensors, TP-gathered,
-:func:`tulu_mcore.convert.export.export_hf_weights`); rank 0 sends each bucket as it arrives
-(``rlvr.vllm.transport=memory``) or writes safetensors under ``run.dir/engine`` and has the engine
-reload them (``disk``). An update is begin → chunks → end, then the engine resets its prefix cache and
-takes the new weight version; it is queued behind any generation in progress, so an update never
-lands in the middle of one. On GPUs with engines on other nodes an NCCL broadcast is the transport
-that scales; it is not implemented here.
+Weight sync (``rlvr.vllm.transport``): every trainer rank walks the shared weight export (HF-named full
+tensors, TP-gathered, :func:`tulu_mcore.convert.export.export_hf_weights`), and
 
-Any failure of the engine (exit, hang, refused request) becomes an :class:`EngineError` on every rank,
-naming the engine's log and the checkpoint a rerun resumes from.
+* ``collective`` (default): each pipeline stage broadcasts its own buckets to every engine worker over
+  torch.distributed groups that span trainer and engine (gloo on CPUs, NCCL on GPUs;
+  :mod:`tulu_mcore.rollout.collective`), each tensor with a checksum the workers check;
+* ``memory``: rank 0 sends each bucket over the socket (a shared-memory file to the workers);
+* ``disk``: rank 0 writes safetensors under ``run.dir/engine`` and the engine reloads them.
+
+An update ends with a prefix-cache reset and a new weight version; it is queued behind any generation
+in progress, so it never lands in the middle of one. A verified push (every ``rlvr.vllm.verify_every``-th)
+also has the engine score fixed probe sequences that the trainer scores too: a gap over
+``rlvr.vllm.probe_tol`` stops the run, as does a checksum mismatch (naming the tensor).
+
+Any failure of the engine (exit, hang, refused request, a broken transfer) becomes an
+:class:`EngineError` on every rank, naming the engine's log and the checkpoint a rerun resumes from.
 """
 
 from __future__ import annotations
@@ -54,6 +60,42 @@ def raise_everywhere(error: str | None) -> None:
         raise EngineError(box[0])
 
 
+def settle(error: str | None, value: int = 0) -> int:
+    """Collective: the first rank's error (rank 0's when it has one) raised on every rank, else the sum
+    of every rank's `value`."""
+    pairs = [None] * dist.get_world_size()
+    dist.all_gather_object(pairs, (error, value))
+    errors = [e for e, _ in pairs if e is not None]
+    if errors:
+        raise EngineError(errors[0])
+    return sum(v for _, v in pairs)
+
+
+PROBE_SEQUENCES, PROBE_LENGTH, PROBE_SEED = 4, 32, 20261207
+
+
+def probe_tokens(vocab_size: int) -> np.ndarray:
+    """The fixed sequences a verified push is scored on (random tokens: every weight shows in them)."""
+    return np.random.default_rng(PROBE_SEED).integers(0, vocab_size, (PROBE_SEQUENCES, PROBE_LENGTH))
+
+
+def trainer_probe(chunks, tokens: np.ndarray) -> np.ndarray | None:
+    """The trainer's log-prob of each probe token after the first, on global rank 0 (a collective);
+    the chunks keep their train/eval mode."""
+    from tulu_mcore.models.logits import full_logits
+
+    modes = [c.training for c in chunks]
+    ids = torch.as_tensor(tokens, dtype=torch.long)
+    with torch.no_grad():
+        logits = full_logits(chunks, ids)
+    for c, mode in zip(chunks, modes):
+        c.train(mode)
+    if logits is None:
+        return None
+    logps = torch.log_softmax(logits[:, :-1].float().cpu(), dim=-1)
+    return logps.gather(-1, ids[:, 1:, None]).squeeze(-1).double().numpy()
+
+
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
 
@@ -66,6 +108,9 @@ class VllmEngine:
         self.conn, self.proc, self.log, self.eos_id = conn, proc, log, eos_id
         self.opts, self.run_dir, self.ckpts, self.dtype = opts, run_dir, ckpts, dtype
         self.weight_version = -1
+        self.pushes = 0  # pushes so far (a verified push every rlvr.vllm.verify_every)
+        self.push_stats: dict = {}  # the last push's metrics beside its bytes and seconds
+        self.sender = None  # the collective transport's end on this rank, set up by the first push
         self.pending = False  # a submitted generation whose reply is not read yet
         self.ready = None  # its reply, read early because a weight update came after it
 
@@ -145,10 +190,12 @@ class VllmEngine:
             tail = self.log.read_text(errors="replace").splitlines()[-15:]
             lines.append(f"last lines of {self.log}:")
             lines += ["  " + t for t in tail]
+        return "\n".join(lines + [self._resume_hint()])
+
+    def _resume_hint(self) -> str:
         latest = self.ckpts.latest() if self.ckpts is not None else None
-        lines.append(f"the last checkpoint, {latest}, is intact: rerun the same command to resume from it"
-                     if latest else "no checkpoint was written yet: rerun the same command to start again")
-        return "\n".join(lines)
+        return (f"the last checkpoint, {latest}, is intact: rerun the same command to resume from it"
+                if latest else "no checkpoint was written yet: rerun the same command to start again")
 
     def _stop_process(self, grace: float = 10.0) -> None:
         """Stop the engine this trainer started, with vLLM's own processes (its process group)."""
@@ -233,10 +280,119 @@ class VllmEngine:
 
     # ------------------------------------------------------------------------------ weights
     def push_weights(self, chunks, arch, version: int | None = None) -> int:
-        """Collective over the trainer's ranks; returns the bytes sent (rank 0)."""
+        """Collective over the trainer's ranks; returns the bytes sent (rank 0: all of them). A verified
+        push (every rlvr.vllm.verify_every-th, the first included) is checked by checksums (collective)
+        and the probe; its seconds are in push_stats["weight_verify_s"]."""
+        version = self.weight_version + 1 if version is None else version
+        every = self.opts.verify_every
+        verify = every > 0 and self.pushes % every == 0
+        self.push_stats = {}
+        if self.opts.transport == "collective":
+            sent = self._push_collective(chunks, arch, version, verify)
+        else:
+            sent = self._push_rank0(chunks, arch, version)
+        if verify:
+            t0 = time.time()
+            self._probe(chunks, arch, version)
+            self.push_stats["weight_verify_s"] = self.push_stats.get("weight_verify_s", 0.0) + time.time() - t0
+        self.pushes += 1
+        self.weight_version = version
+        return sent
+
+    def _push_collective(self, chunks, arch, version: int, verify: bool) -> int:
+        from tulu_mcore.convert.export import export_hf_weights
+        from tulu_mcore.rollout.collective import CollectiveSender, trainer_host
+
+        rank0 = self.conn is not None
+        if self.sender is None:
+            self.sender = self._join(CollectiveSender, trainer_host, rank0, chunks)
+        fault = os.environ.get("TULU_WEIGHT_SYNC_FAULT")
+        error, reply, sent, checksum_s = None, None, 0, 0.0
+        if rank0:
+            try:
+                self._drain()
+                self._send("collective_push", version=version, verify=verify, fault=fault)
+            except EngineError as e:
+                error = str(e)
+        buckets = export_hf_weights(chunks, arch, bucket_bytes=self.opts.bucket_mb << 20, per_stage=True)
+        try:
+            sent, checksum_s = self.sender.send(buckets, verify=verify, fault=fault)
+        except ConnectionError as e:
+            error = error or f"weight push {version}: {e}\n{self._resume_hint()}"
+        if rank0:
+            try:
+                reply = self._reply()  # the engine's own account comes first: it names a dead worker's log
+                if reply["mismatch"] is not None:
+                    error = self._mismatch(version, reply["mismatch"])
+            except EngineError as e:
+                error = str(e)
+        total = settle(error, sent)
+        if verify and reply is not None:
+            self.push_stats["weight_verify_s"] = checksum_s + max(w["verify_s"] for w in reply["workers"])
+        return total
+
+    def _join(self, sender_cls, trainer_host, rank0: bool, chunks):
+        """Every rank: the collective groups between the trainer's senders and the engine's workers."""
+        device = next(chunks[0].parameters()).device
+        host, workers, error = None, None, None
+        if rank0:
+            try:
+                workers = self._call("info")["workers"]
+                host = trainer_host(self.opts.address, self.opts.collective_host)
+            except EngineError as e:
+                error = str(e)
+        settle(error)
+
+        def request_join(info):
+            self._send("collective_init", info=info)
+            return self._reply
+
+        try:
+            sender = sender_cls.connect(request_join if rank0 else None, host=host, workers=workers,
+                                        timeout_s=self.opts.timeout_s, device=device)
+        except EngineError as e:
+            sender, error = None, str(e)
+        except Exception as e:  # the groups could not form
+            sender, error = None, (f"the collective weight transport could not connect trainer and engine "
+                                   f"({type(e).__name__}: {e}); check rlvr.vllm.collective_host, or use "
+                                   f"rlvr.vllm.transport=memory")
+        settle(error)
+        return sender
+
+    def _mismatch(self, version: int, m: dict) -> str:
+        return (f"weight push {version}: tensor {m['tensor']} arrived corrupted in the vLLM engine (checksum of "
+                f"the bytes sent {m['expected']}, of the bytes received {m['received']}; sent by pipeline stage "
+                f"{m['sender']}). The engine's weights are not the trainer's: the run stops.\n{self._resume_hint()}")
+
+    def _probe(self, chunks, arch, version: int) -> None:
+        """Collective: the engine's and the trainer's log-probs of the probe sequences; an error on every
+        rank when their mean gap exceeds rlvr.vllm.probe_tol."""
+        tokens = probe_tokens(arch.vocab_size)
+        error, engine_lp = None, None
+        if self.conn is not None:
+            try:
+                engine_lp = np.asarray(self._call("probe", sequences=tokens.tolist())["logprobs"], dtype=np.float64)
+            except EngineError as e:
+                error = str(e)
+        mine = trainer_probe(chunks, tokens)
+        if engine_lp is not None and mine is not None:
+            gap = np.abs(engine_lp - mine)
+            self.push_stats["weight_probe_gap"] = float(gap.mean())
+            tol = self.opts.probe_tol if self.opts.probe_tol is not None else (1e-2 if self.dtype == torch.float32
+                                                                              else 1e-1)
+            if gap.mean() > tol:
+                worst = np.unravel_index(gap.argmax(), gap.shape)
+                error = (f"weight push {version}: the vLLM engine's log-probs of the probe sequences are not the "
+                         f"trainer's (mean |Δ| {gap.mean():.4g} > rlvr.vllm.probe_tol={tol:g}; largest "
+                         f"{gap.max():.4g} at sequence {worst[0]}, token {worst[1] + 1}). Every tensor arrived "
+                         f"as sent, so the engine holds wrong weights after loading them (a loader or layout "
+                         f"mismatch, or memory corruption): the run stops.\n{self._resume_hint()}")
+        settle(error)
+
+    def _push_rank0(self, chunks, arch, version: int) -> int:
+        """The memory and disk transports: everything through rank 0."""
         from tulu_mcore.convert.export import export_hf_weights
 
-        version = self.weight_version + 1 if version is None else version
         bucket_bytes = self.opts.bucket_mb << 20
         sent, error = 0, None
         rank0 = self.conn is not None
@@ -266,7 +422,6 @@ class VllmEngine:
         except EngineError as e:
             error = str(e)
         raise_everywhere(error)
-        self.weight_version = version
         return sent
 
     def _write_bucket(self, out_dir: Path, i: int, bucket) -> None:
@@ -289,6 +444,9 @@ class VllmEngine:
         return out_dir
 
     def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
         if self.conn is None:
             return
         try:

@@ -113,7 +113,9 @@ class RolloutDriver:
         """The trainer's new weights into the engine (a collective over the trainer's ranks)."""
         t0 = time.time()
         sent = self.engine.push_weights(chunks, arch)
-        return {"weight_push_s": time.time() - t0, "weight_push_bytes": sent}
+        # weight_verify_s (checksums and the probe, part of weight_push_s) and weight_probe_gap: vllm only
+        return {"weight_push_s": time.time() - t0, "weight_push_bytes": sent,
+                **getattr(self.engine, "push_stats", {})}
 
 
 def on_rank0(call):

@@ -10,9 +10,11 @@ torch and vllm), started by the trainer, or separately (e.g. as its own srun ste
 dummy weights unless ``--load-weights``). An engine over several nodes (vLLM's multiprocessing backend,
 no Ray: ``--nnodes N --node-rank R --master-addr HOST --master-port PORT``, the same command on every
 node): node 0 serves the trainer, nodes 1.. run vLLM's headless workers for their share of the TP ranks
-(weight chunks then travel through vLLM's RPC channel, not shared memory). Requests (pickled dicts
-over multiprocessing.connection, answered in order): generate, begin/load/end of a weight update,
-load_dir (safetensors on disk), info, shutdown; nothing else is called. Each connection proves the key
+(weight chunks of the memory transport then travel through vLLM's RPC channel, not shared memory;
+the collective transport reaches every node's workers directly). Requests (pickled dicts over
+multiprocessing.connection, answered in order): generate, begin/load/end of a weight update, load_dir
+(safetensors on disk), collective_init/collective_push (the collective transport), probe (log-probs of
+fixed sequences, after a push), info, shutdown; nothing else is called. Each connection proves the key
 (TULU_ENGINE_AUTHKEY) within a few seconds before anything of it is unpickled; a connection that does
 not (a port scan, a wrong key, silence) is logged, closed, and the engine goes on serving. Every weight
 update ends with a prefix-cache reset and a new weight version, which each generation reports.
@@ -29,8 +31,19 @@ import time
 import traceback
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 
-OPS = ("generate", "begin", "load", "end", "load_dir", "info")  # and "shutdown"
+OPS = ("generate", "begin", "load", "end", "load_dir", "collective_init", "collective_push", "probe",
+       "info")  # and "shutdown"
 HANDSHAKE_S = 10.0  # a connection proves the key within this, or is dropped
+
+
+def has_transfer_api() -> bool:
+    """vLLM's weight-transfer API (``vllm.distributed.weight_transfer``, 0.28 and later): the collective
+    transport registers its receiver there; without it, the worker extension's own methods run it."""
+    try:
+        import vllm.distributed.weight_transfer  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def engine_kwargs(args) -> dict:
@@ -40,6 +53,8 @@ def engine_kwargs(args) -> dict:
                   worker_extension_cls="worker.TuluWeightSync", logprobs_mode="processed_logprobs")
     if not args.load_weights:
         kwargs["load_format"] = "dummy"
+    if has_transfer_api():
+        kwargs["weight_transfer_config"] = {"backend": "tulu_collective"}
     if args.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
     if args.nnodes > 1:  # vLLM's ParallelConfig: nnodes/node_rank/master_addr/master_port, "mp" backend only
@@ -95,6 +110,7 @@ class Server:
         # weight chunks reach the workers through a file here (RAM-backed /dev/shm by default): the
         # RPC channel serialises large payloads slowly
         self.shm_dir = shm_dir
+        self.transfer_api = has_transfer_api()
 
     def generate(self, prompts, n, max_new_tokens, temperature, seed, stop_token_ids):
         from vllm import SamplingParams
@@ -155,10 +171,47 @@ class Server:
         self.version = version
         return {"version": version}
 
+    def collective_init(self, info):
+        """Every worker joins the trainer's groups (the senders join theirs meanwhile)."""
+        self.llm.collective_rpc("init_weight_transfer_engine" if self.transfer_api else "tulu_collective_init",
+                                args=(info,))
+        return {"transfer_api": self.transfer_api}
+
+    def collective_push(self, version, verify, fault=None):
+        """One whole update over the collective groups (the trainer's senders stream meanwhile): every
+        worker's counts and the first checksum mismatch; the version moves only when none."""
+        update = {"verify": verify, "fault": fault}
+        rpc = self.llm.collective_rpc
+        if self.transfer_api:
+            rpc("start_weight_update")
+            rpc("update_weights", args=(update,))
+            rpc("finish_weight_update")
+        else:
+            rpc("tulu_begin")
+            rpc("tulu_collective_receive", args=(update,))
+            rpc("tulu_end")
+        workers = rpc("tulu_collective_finish")
+        self.llm.reset_prefix_cache()
+        mismatch = next((w["mismatch"] for w in workers if w["mismatch"]), None)
+        if mismatch is None:
+            self.version = version
+        return {"version": self.version, "workers": workers, "mismatch": mismatch}
+
+    def probe(self, sequences):
+        """Each token's log-prob given the ones before it (the first token has none), from the weights
+        the engine holds: the trainer computes the same and compares."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False)
+        return {"logprobs": [[lp[t].logprob for t, lp in zip(s[1:], out.prompt_logprobs[1:])]
+                             for s, out in zip(sequences, outs)]}
+
     def info(self):
         import vllm
 
-        return {"version": self.version, "pid": os.getpid(), "vllm": vllm.__version__}
+        return {"version": self.version, "pid": os.getpid(), "vllm": vllm.__version__,
+                "transfer_api": self.transfer_api, "workers": self.llm.llm_engine.vllm_config.parallel_config.world_size}
 
 
 def watch_engine_core(llm) -> None:

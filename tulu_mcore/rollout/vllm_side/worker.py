@@ -6,9 +6,50 @@ kernels' repacking of weights: the CPU backend, FP8), ``tulu_load`` takes any ch
 tensors (each worker slices its own TP shard), ``tulu_end`` finishes the layers. Chunks may split a fused
 module (q/k/v, gate/up) across calls. Tensors travel as (name, dtype, shape, bytes): collective_rpc's
 channel rebuilds tensors only for typed fields.
+
+The collective transport (:mod:`collective`) goes through vLLM's weight-transfer API where the engine's
+vLLM has it (``vllm.distributed.weight_transfer``, 0.28 and later): :class:`TuluCollectiveEngine`,
+registered as the ``tulu_collective`` backend and driven by the worker's own init/start/update/finish
+methods. On a vLLM without that API the same receiver runs through this extension's ``tulu_collective_*``
+methods (:func:`server.collective_calls` picks the route).
 """
 
 import torch
+
+from collective import Receiver, parse_fault
+
+BACKEND = "tulu_collective"
+
+
+def _device(worker) -> torch.device:
+    device = getattr(worker, "device", None)
+    return device if isinstance(device, torch.device) and device.type == "cuda" else torch.device("cpu")
+
+
+def _overwrite(model, name: str) -> None:
+    """The `overwrite:NAME` test hook: wrong values in an engine parameter after a load that passed its
+    checksums (what the probe must catch)."""
+    params = dict(model.named_parameters())
+    if name not in params:
+        raise ValueError(f"overwrite:{name}: no such engine parameter (some: {sorted(params)[:4]})")
+    with torch.no_grad():
+        params[name].copy_(torch.randn_like(params[name]))
+
+
+def receive_into(receiver: Receiver, model, vllm_config, request: dict) -> dict:
+    """One push: every sender's buckets loaded into `model`, checked, with the test hooks applied."""
+    from vllm.config import set_current_vllm_config
+
+    fault = parse_fault(request.get("fault"))
+
+    def load(weights):
+        with set_current_vllm_config(vllm_config):
+            model.load_weights(weights=weights)
+
+    stats = receiver.receive(load, verify=request["verify"], fault=fault)
+    if fault is not None and fault[0] == "overwrite":
+        stats["after_load"] = fault
+    return stats
 
 
 def unpack(packed):
@@ -17,6 +58,22 @@ def unpack(packed):
 
 
 class TuluWeightSync:
+    def tulu_collective_init(self, info):
+        self.tulu_receiver = Receiver(info, self.rank, _device(self))
+
+    def tulu_collective_receive(self, request):
+        self.tulu_stats = receive_into(self.tulu_receiver, self.model_runner.model, self.vllm_config, request)
+
+    def tulu_collective_finish(self):
+        """After the update's end (the layers finished): apply an `overwrite` hook; the receive's
+        counts, on every worker."""
+        stats = getattr(self, "tulu_stats", None)
+        if stats is None:  # the weight-transfer API's route keeps them on the engine
+            stats = self.weight_transfer_engine.stats
+        if stats.get("after_load"):
+            _overwrite(self.model_runner.model, stats.pop("after_load")[1])
+        return stats
+
     def tulu_begin(self):
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
@@ -66,3 +123,69 @@ class TuluWeightSync:
 
         with set_current_vllm_config(self.vllm_config):
             finalize_layerwise_reload(self.model_runner.model, self.vllm_config.model_config)
+
+
+try:  # vLLM's weight-transfer API (0.28 and later); older vLLM: the tulu_collective_* methods above
+    from vllm.distributed.weight_transfer import WeightTransferEngine, WeightTransferEngineFactory
+except ImportError:
+    WeightTransferEngine = None
+
+if WeightTransferEngine is not None:
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class CollectiveInit:
+        host: str
+        port: int
+        prefix: str
+        senders: int
+        workers: int
+        timeout_s: float
+
+    @dataclass
+    class CollectiveUpdate:
+        verify: bool = True
+        fault: str | None = None
+        extra: dict = field(default_factory=dict)
+
+    class TuluCollectiveEngine(WeightTransferEngine):
+        """The collective receiver as a vLLM weight-transfer backend: the worker's
+        init_weight_transfer_engine / start_weight_update / update_weights / finish_weight_update drive it."""
+
+        init_info_cls = CollectiveInit
+        update_info_cls = CollectiveUpdate
+
+        def init_transfer_engine(self, init_info):
+            from vllm.distributed import get_world_group
+
+            device = self.device if self.device.type == "cuda" else torch.device("cpu")
+            self.receiver = Receiver(vars(init_info), get_world_group().rank, device)
+            self.stats = {}
+
+        def start_weight_update(self):
+            from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+            initialize_layerwise_reload(self.model)
+
+        def update_weights(self, update_info):
+            # the base class ends with torch.accelerator.synchronize(), which fails on a CPU-only machine
+            self.receive_weights(self.parse_update_info(update_info))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        def receive_weights(self, update_info):
+            self.stats = receive_into(self.receiver, self.model, self.vllm_config,
+                                      {"verify": update_info.verify, "fault": update_info.fault})
+
+        def finish_weight_update(self):
+            from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+            finalize_layerwise_reload(self.model, self.model_config)
+
+        def shutdown(self):
+            self.receiver = None
+
+    try:
+        WeightTransferEngineFactory.register_engine(BACKEND, TuluCollectiveEngine)
+    except ValueError:  # registered already (this module imported twice)
+        pass

@@ -1,0 +1,139 @@
+"""The collective weight transport (``rlvr.vllm.transport=collective``): its wire format, checksum and
+receiving end. Imported by the trainer (:mod:`tulu_mcore.rollout.collective`, the sending end) and by
+the vLLM engine's workers (``worker.py``, in vLLM's own environment): torch and the standard library only.
+
+One torch.distributed group per sending trainer rank (a pipeline stage's first rank): group rank 0 is
+the sender, ranks 1..W the engine's W workers (all nodes of a multi-node engine), over a TCPStore that
+trainer rank 0 hosts; gloo on CPUs, NCCL on GPUs, the same code. Groups are built directly on the
+store, outside either side's default process group (the trainer and the engine each have their own).
+
+Per bucket, three broadcasts from the sender: a header ``int64[2]`` = (JSON bytes, data bytes), the
+JSON (``[[name, dtype, shape, offset, nbytes, checksum], ...]``), the data (the bucket's tensors packed
+into one byte buffer). A header of (-1, 0) ends a sender's stream. Each tensor's checksum is taken on
+the sender before the send and recomputed by every worker from its received bytes before loading.
+"""
+
+import datetime
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+STORE_TIMEOUT_S = 300.0  # joining the groups (both sides start it within one request)
+
+
+def checksum(data: torch.Tensor) -> list[int]:
+    """A fast position-sensitive hash of a tensor's bytes, computed where the bytes are (no host copy of
+    a device tensor, no int64 copy): the sum of its 16-bit words, and the sums of 64 contiguous slices
+    weighted by slice index. Integer sums: the same on every device and torch version."""
+    raw = data.reshape(-1).view(torch.uint8)
+    words = raw.view(torch.int16) if raw.numel() % 2 == 0 else raw
+    n = words.numel() // 64 * 64
+    total = words.sum(dtype=torch.int64)
+    slices = words[:n].view(64, -1).sum(1, dtype=torch.int64) if n else torch.zeros(64, dtype=torch.int64,
+                                                                                     device=words.device)
+    weighted = (slices * torch.arange(1, 65, dtype=torch.int64, device=words.device)).sum()
+    return [int(v) for v in torch.stack([total, weighted]).tolist()]
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def new_group(host: str, port: int, prefix: str, rank: int, size: int, timeout_s: float, device: torch.device,
+              is_master: bool = False, store=None):
+    """A process group of `size` ranks on the TCPStore at host:port (keys under `prefix`), outside the
+    default group; operations time out after `timeout_s`."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if store is None:
+        store = dist.TCPStore(host, port, is_master=is_master, timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S),
+                              wait_for_workers=False)
+    prefixed = dist.PrefixStore(prefix, store)
+    if backend_for(device) == "nccl":
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(prefixed, rank, size, opts)
+    return dist.ProcessGroupGloo(prefixed, rank, size, timeout)
+
+
+def broadcast(group, tensor: torch.Tensor):
+    """Broadcast from group rank 0 (the sender); returns the work to wait on."""
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    return group.broadcast([tensor], opts)
+
+
+def parse_fault(spec: str | None) -> tuple[str, str] | None:
+    """A test hook (TULU_WEIGHT_SYNC_FAULT=kind:arg): corrupt:NAME flips bytes of that tensor in transit
+    (sender), overwrite:NAME writes wrong values into that engine parameter after the load, die:K / hang:K
+    make a worker exit / stop answering at bucket K (engine)."""
+    if not spec:
+        return None
+    kind, _, arg = spec.partition(":")
+    if kind not in ("corrupt", "overwrite", "die", "hang") or not arg:
+        raise ValueError(f"TULU_WEIGHT_SYNC_FAULT={spec!r}: one of corrupt:NAME, overwrite:NAME, die:K, hang:K")
+    return kind, arg
+
+
+class Receiver:
+    """A worker's end: its groups (one per sender) and a receive buffer per group, reused across pushes."""
+
+    def __init__(self, info: dict, worker_rank: int, device: torch.device):
+        self.device = device
+        size = 1 + info["workers"]
+        store = dist.TCPStore(info["host"], info["port"], is_master=False,
+                              timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
+        self.groups = [new_group(info["host"], info["port"], f"{info['prefix']}/{s}", 1 + worker_rank, size,
+                                 info["timeout_s"], device, store=store) for s in range(info["senders"])]
+        self.buffers = [torch.empty(0, dtype=torch.uint8, device=device) for _ in self.groups]
+        self.worker_rank = worker_rank
+
+    def _buffer(self, s: int, nbytes: int) -> torch.Tensor:
+        if self.buffers[s].numel() < nbytes:
+            self.buffers[s] = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        return self.buffers[s][:nbytes]
+
+    def receive(self, load, *, verify: bool, fault=None) -> dict:
+        """Every sender's stream, in sender order; each bucket checked (with `verify`) then handed to
+        `load([(name, tensor), ...])`. A checksum mismatch does not stop the stream (the senders finish
+        and the engine's update stays whole); the first one is returned for the trainer to raise. Returns
+        counts, seconds, and the first mismatch (None when all agree)."""
+        tensors = nbytes = buckets = 0
+        verify_s = load_s = 0.0
+        mismatch = None
+        for s, group in enumerate(self.groups):
+            while True:
+                header = torch.zeros(2, dtype=torch.int64, device=self.device)
+                broadcast(group, header).wait()
+                json_len, data_len = (int(v) for v in header.tolist())
+                if json_len < 0:
+                    break
+                raw = torch.empty(json_len, dtype=torch.uint8, device=self.device)
+                broadcast(group, raw).wait()
+                entries = json.loads(raw.cpu().numpy().tobytes())
+                data = self._buffer(s, data_len)
+                broadcast(group, data).wait()
+                if fault is not None and fault[0] in ("die", "hang") and buckets == int(fault[1]):
+                    if fault[0] == "die":
+                        os._exit(1)
+                    time.sleep(10 ** 6)
+                buckets += 1
+                views = [(name, data[off:off + n].view(getattr(torch, dtype)).view(*shape), want)
+                         for name, dtype, shape, off, n, want in entries]
+                t0 = time.time()
+                if verify and mismatch is None:
+                    for name, view, want in views:
+                        got = checksum(view)
+                        if got != want:
+                            mismatch = {"tensor": name, "sender": s, "expected": want, "received": got}
+                            break
+                verify_s += time.time() - t0
+                t0 = time.time()
+                load([(name, view) for name, view, _ in views])
+                load_s += time.time() - t0
+                tensors += len(views)
+                nbytes += data_len
+        return {"tensors": tensors, "bytes": nbytes, "buckets": buckets, "verify_s": verify_s, "load_s": load_s,
+                "mismatch": mismatch}
