@@ -20,6 +20,7 @@ import torch.distributed as dist
 from tulu_mcore.rollout.vllm_side.collective import broadcast, checksum, new_group, parse_fault
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+ALIGN = 64
 
 
 def is_sender() -> bool:
@@ -93,10 +94,13 @@ class CollectiveSender:
             try:
                 if len(in_flight) == 2:  # its buffer is the one this bucket goes into
                     _wait(in_flight.popleft())
-                nbytes = sum(t.numel() * t.element_size() for _, t in bucket)
+                offsets, nbytes = [], 0
+                for _, t in bucket:  # each tensor at a 64-byte boundary: every dtype can view it there
+                    offsets.append(nbytes)
+                    nbytes += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
                 data = self._buffer(k % 2, nbytes)
-                entries, off = [], 0
-                for name, t in bucket:
+                entries = []
+                for (name, t), off in zip(bucket, offsets):
                     n = t.numel() * t.element_size()
                     view = data[off:off + n]
                     view.copy_(t.detach().reshape(-1).view(torch.uint8))
@@ -106,13 +110,12 @@ class CollectiveSender:
                     if fault is not None and fault[0] == "corrupt" and fault[1] == name:
                         view[n // 2:n // 2 + 1].bitwise_xor_(0xFF)  # the test hook: damaged in transit
                     entries.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), off, n, digest])
-                    off += n
                 meta = torch.frombuffer(bytearray(json.dumps(entries).encode()), dtype=torch.uint8).to(self.device)
                 header = torch.tensor([meta.numel(), nbytes], dtype=torch.int64, device=self.device)
                 # the small tensors ride along with their works: alive until the works are done
                 in_flight.append([broadcast(self.group, header), broadcast(self.group, meta),
                                   broadcast(self.group, data), (header, meta)])
-                sent += nbytes
+                sent += sum(t.numel() * t.element_size() for _, t in bucket)
             except Exception as e:  # the wire broke (a worker died) or timed out (a worker hangs)
                 error = e
         try:

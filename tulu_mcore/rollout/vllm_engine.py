@@ -302,11 +302,12 @@ class VllmEngine:
     def _push_collective(self, chunks, arch, version: int, verify: bool) -> int:
         from tulu_mcore.convert.export import export_hf_weights
         from tulu_mcore.rollout.collective import CollectiveSender, trainer_host
+        from tulu_mcore.rollout.vllm_side.collective import fault_for_push
 
         rank0 = self.conn is not None
         if self.sender is None:
             self.sender = self._join(CollectiveSender, trainer_host, rank0, chunks)
-        fault = os.environ.get("TULU_WEIGHT_SYNC_FAULT")
+        fault = fault_for_push(os.environ.get("TULU_WEIGHT_SYNC_FAULT"), self.pushes)  # test hooks
         error, reply, sent, checksum_s = None, None, 0, 0.0
         if rank0:
             try:

@@ -9,7 +9,7 @@ store, outside either side's default process group (the trainer and the engine e
 
 Per bucket, three broadcasts from the sender: a header ``int64[2]`` = (JSON bytes, data bytes), the
 JSON (``[[name, dtype, shape, offset, nbytes, checksum], ...]``), the data (the bucket's tensors packed
-into one byte buffer). A header of (-1, 0) ends a sender's stream. Each tensor's checksum is taken on
+into one byte buffer, each at a 64-byte boundary). A header of (-1, 0) ends a sender's stream. Each tensor's checksum is taken on
 the sender before the send and recomputed by every worker from its received bytes before loading.
 """
 
@@ -66,15 +66,24 @@ def broadcast(group, tensor: torch.Tensor):
 
 
 def parse_fault(spec: str | None) -> tuple[str, str] | None:
-    """A test hook (TULU_WEIGHT_SYNC_FAULT=kind:arg): corrupt:NAME flips bytes of that tensor in transit
-    (sender), overwrite:NAME writes wrong values into that engine parameter after the load, die:K / hang:K
-    make a worker exit / stop answering at bucket K (engine)."""
+    """A test hook (TULU_WEIGHT_SYNC_FAULT=kind:arg[@push]): corrupt:NAME flips bytes of that tensor in
+    transit (sender), overwrite:NAME writes wrong values into that engine parameter after the load, die:K /
+    hang:K make a worker exit / stop answering at bucket K (engine); @N: only on the trainer's push N
+    (0: the start-up push), which the trainer resolves (fault_for_push)."""
     if not spec:
         return None
-    kind, _, arg = spec.partition(":")
+    kind, _, arg = spec.partition("@")[0].partition(":")
     if kind not in ("corrupt", "overwrite", "die", "hang") or not arg:
         raise ValueError(f"TULU_WEIGHT_SYNC_FAULT={spec!r}: one of corrupt:NAME, overwrite:NAME, die:K, hang:K")
     return kind, arg
+
+
+def fault_for_push(spec: str | None, push: int) -> str | None:
+    """The test hook `spec` if it applies to the trainer's push number `push`, without its @N."""
+    if not spec:
+        return None
+    hook, _, at = spec.partition("@")
+    return hook if not at or int(at) == push else None
 
 
 class Receiver:
@@ -116,6 +125,8 @@ class Receiver:
                 data = self._buffer(s, data_len)
                 broadcast(group, data).wait()
                 if fault is not None and fault[0] in ("die", "hang") and buckets == int(fault[1]):
+                    print(f"[engine] test hook: worker {self.worker_rank} {'exits' if fault[0] == 'die' else 'hangs'} "
+                          f"at bucket {buckets}", flush=True)
                     if fault[0] == "die":
                         os._exit(1)
                     time.sleep(10 ** 6)
@@ -134,6 +145,6 @@ class Receiver:
                 load([(name, view) for name, view, _ in views])
                 load_s += time.time() - t0
                 tensors += len(views)
-                nbytes += data_len
+                nbytes += sum(n for *_, n, _ in entries)
         return {"tensors": tensors, "bytes": nbytes, "buckets": buckets, "verify_s": verify_s, "load_s": load_s,
                 "mismatch": mismatch}
