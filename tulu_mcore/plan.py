@@ -22,6 +22,16 @@ embedding and the most micro-batches in flight; the last when it holds more) as:
 
 FLOPs use Megatron's causal formula (:mod:`tulu_mcore.metrics.flops`); the step time is the step's
 FLOPs at the stated MFU, the bubble that of the pipeline schedule.
+
+An RL step with a vLLM engine adds (:func:`rl_phases`):
+
+* **refit**: the policy's weights in the engine's dtype, pushed to every engine GPU (each worker takes
+  full tensors and keeps its shard), at ``plan.link_gbps`` into each GPU: bytes / link. The wire only:
+  vLLM's layer-wise reload and the trainer's TP gather (NVLink) are not counted.
+* **generation**: decoding is memory-bound: each of the ``rlvr.max_new_tokens`` decode steps reads the
+  engine GPU's weight shard and the KV cache of its share of the step's sequences (at their mean length)
+  at ``plan.engine_hbm_tbps``: a lower bound (no prefill, no sampling overhead, every sequence to full
+  length).
 """
 
 from __future__ import annotations
@@ -220,6 +230,22 @@ def engine_gpus(cfg: RunConfig) -> int:
     return cfg.launcher.engine_nodes * cfg.launcher.ranks_per_node
 
 
+def rl_phases(cfg: RunConfig, plan: Plan) -> dict[str, float] | None:
+    """An RL step with a vLLM engine: refit bytes and seconds, generation seconds (see the module doc)."""
+    if not cfg.recipe.name.startswith("rlvr_") or cfg.rlvr.engine != "vllm":
+        return None
+    arch, r = cfg.model.arch, cfg.rlvr
+    wbytes = DTYPE_BYTES[cfg.precision.params_dtype]
+    refit_bytes = arch.num_params * wbytes
+    replicas = max(plan.engine_gpus // r.vllm.tp, 1)
+    sequences = cfg.train.global_batch_size * r.samples_per_prompt / replicas  # per engine replica
+    mean_len = (r.max_prompt_tokens or r.max_new_tokens) / 2 + r.max_new_tokens / 2
+    kv_per_token = 2 * arch.num_hidden_layers * arch.num_key_value_heads * arch.head_dim * wbytes
+    per_decode_step = (refit_bytes + sequences * mean_len * kv_per_token) / r.vllm.tp  # bytes read per GPU
+    return {"refit_bytes": refit_bytes, "refit_s": refit_bytes / (cfg.plan.link_gbps * 1e9 / 8),
+            "generation_s": r.max_new_tokens * per_decode_step / (cfg.plan.engine_hbm_tbps * 1e12)}
+
+
 def advice(cfg: RunConfig, lay: Layout, mem: dict[str, float], capacity: float) -> list[str]:
     """What would bring the peak under the capacity, largest term first."""
     tips = []
@@ -287,8 +313,19 @@ def report(plan: Plan, cfg: RunConfig) -> str:
     if plan.engine_gpus:
         lines.append(f"GPUs: {plan.gpus} for the trainer + {plan.engine_gpus} for the vLLM engine "
                      f"(rlvr.vllm.tp={cfg.rlvr.vllm.tp}) = {plan.gpus + plan.engine_gpus}")
+    rl = rl_phases(cfg, plan)
+    if rl is not None:
+        train, gen, refit = plan.step_time_s, rl["generation_s"], rl["refit_s"]
+        step = (max(gen, train) if cfg.rlvr.async_generation else gen + train) + refit
+        lines.append(f"RL step: generation >= {gen:.1f} s (rlvr.max_new_tokens={cfg.rlvr.max_new_tokens} decode steps "
+                     f"at {cfg.plan.engine_hbm_tbps:g} TB/s per engine GPU) + training {train:.1f} s + refit "
+                     f"{refit:.2f} s ({rl['refit_bytes'] / 1e9:.1f} GB into every engine GPU at "
+                     f"{cfg.plan.link_gbps:g} Gb/s) = {step:.1f} s"
+                     + (" (generation overlaps training: rlvr.async_generation)" if cfg.rlvr.async_generation else ""))
     lines += run_length(plan, cfg)
     lines += [f"to fit: {a}" for a in plan.advice]
+    if rl is not None:
+        lines.append(f"refit_bytes={rl['refit_bytes']} refit_s={rl['refit_s']:.3f}")
     lines.append(f"params_total={plan.params_total}")
     lines.append(f"fits={'true' if plan.fits else 'false'} peak_gib={plan.peak_gib:.2f} "
                  f"gpus={plan.gpus + plan.engine_gpus}")
@@ -309,7 +346,8 @@ TULU3_SFT = {"train.seq_length": 4096, "train.global_batch_size": 128}  # Tülu 
 # engine
 FAMILY = {"none": "sft", "sft": "sft", "dpo": "pairs", "rm": "pairs", "rlvr_grpo": "rl", "rlvr_ppo": "rl"}
 # What a golden experiment lends a question, by how near its recipe is to the question's: "any" (the job's
-# size: precision, lengths, layout, GPUs), "family" (the same kind of rows and engine), "exact" (the
+# size: precision, lengths, layout, GPUs), "family" (the same kind of rows and engine: an RL run's rollout
+# lengths and whether generation overlaps training too), "exact" (the
 # recipe's own numbers: an RL run's samples and passes, PPO's value model). "parallel" is the layout,
 # lent whole or not at all (its keys only make sense together).
 LENT = (("precision", "any"), ("train.seq_length", "any"), ("data.max_seq_len", "family"),
@@ -317,6 +355,7 @@ LENT = (("precision", "any"), ("train.seq_length", "any"), ("data.max_seq_len", 
         ("plan.gpus", "any"),
         ("rlvr.engine", "family"), ("rlvr.vllm.tp", "family"), ("launcher.engine_nodes", "family"),
         ("rlvr.samples_per_prompt", "exact"), ("rlvr.ppo_epochs", "exact"), ("rlvr.minibatches", "exact"),
+        ("rlvr.max_new_tokens", "family"), ("rlvr.max_prompt_tokens", "family"), ("rlvr.async_generation", "family"),
         ("plan.value_arch", "exact"), ("train.max_steps", "exact"), ("train.save_interval", "exact"))
 # The keys of a question that say a lent key: the launcher's size is a GPU count too; a data.max_seq_len
 # lent without the row it was sized for could contradict the user's own train.seq_length

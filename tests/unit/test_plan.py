@@ -235,3 +235,24 @@ def test_a_bare_question_from_the_command_line():
     params, fits = proc.stdout.strip().splitlines()[-2:]
     assert params == "params_total=405853388800"
     assert fits.startswith("fits=true ") and fits.endswith(" gpus=256")
+
+
+def test_rl_experiments_break_the_step_into_generation_training_and_refit(capsys):
+    rc, lines, err = plan_main(capsys, "experiment=tulu3_405b_rlvr_ppo")
+    refit = next(line for line in lines if line.startswith("refit_bytes="))
+    got = dict(kv.split("=") for kv in refit.split())
+    params = 405_853_388_800
+    assert int(got["refit_bytes"]) == params * 2  # bf16 weights: what every engine GPU receives
+    assert float(got["refit_s"]) == pytest.approx(params * 2 / (400e9 / 8), abs=1e-3)  # 400 Gb/s: ~16.2 s
+    step = next(line for line in lines if line.startswith("RL step: "))
+    # 1024 decode steps, each reading a TP16 shard of the weights plus the KV cache of 1856 sequences
+    # (batch 1856 x 1 sample on one TP16 engine) at 1,536 tokens on average: 126 layers x 8 KV heads x 128 x K,V x 2 B
+    kv = 1856 * (2048 / 2 + 1024 / 2) * 2 * 126 * 8 * 128 * 2
+    gen = 1024 * (params * 2 + kv) / 16 / 3.35e12
+    assert f"generation >= {gen:.1f} s" in step and f"refit {params * 2 / 50e9:.2f} s" in step, step
+    # a slower link: a proportionally slower refit; a megatron engine refits in place (no line)
+    _, lines, _ = plan_main(capsys, "experiment=tulu3_405b_rlvr_ppo", "plan.link_gbps=100")
+    refit = next(line for line in lines if line.startswith("refit_bytes="))
+    assert float(refit.split("refit_s=")[1]) == pytest.approx(params * 2 / (100e9 / 8), abs=1e-3)
+    _, lines, _ = plan_main(capsys, "experiment=tulu31_8b_rlvr_grpo", "rlvr.engine=megatron")
+    assert not any(line.startswith(("refit_bytes=", "RL step: ")) for line in lines)

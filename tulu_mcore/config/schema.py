@@ -260,6 +260,10 @@ class PlanConfig:
     tokens_per_sequence: int | None = None  # average sequence length for FLOPs (default data.max_seq_len or
     # train.seq_length: an upper bound for packed data)
     value_arch: str | None = None  # PPO: the value model's preset (conf/model) when it is not the policy's
+    # RLVR with vLLM: the link each engine GPU receives pushed weights over (Gb/s; 400: an H100 node's
+    # InfiniBand NDR, one NIC per GPU) and the engine GPUs' memory bandwidth (TB/s; 3.35: H100 SXM HBM3)
+    link_gbps: float = 400.0
+    engine_hbm_tbps: float = 3.35
 
 
 @dataclass
