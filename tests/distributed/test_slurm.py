@@ -214,8 +214,8 @@ def test_rl_job_trains_on_one_node_with_its_vllm_engine_on_two_others(slurm3, vl
                                                                        tmp_path):
     """tulu-launch's GRPO job on 3 nodes as rendered: the trainer on n1, the vLLM engine on n2 and n3 (one
     task per node, one TP2 engine across them: vLLM's multiprocessing backend, no Ray; node 1 runs the
-    headless workers), bound to n2's address, which the trainer dials. Weights pushed over the network
-    reach both halves of the engine: its log-probs of the sampled tokens are the trainer's."""
+    headless workers), bound to n2's address, which the trainer dials. Weights pushed over the collective
+    transport reach both halves of the engine: its log-probs of the sampled tokens are the trainer's."""
     from tulu_mcore.launch.engine import engine_env
 
     run = tmp_path / "run"
@@ -239,3 +239,7 @@ def test_rl_job_trains_on_one_node_with_its_vllm_engine_on_two_others(slurm3, vl
     assert [x["step"] for x in m] == [1, 2] and all(x["responses"] == 16 for x in m)
     assert all(x["logprob_abs_diff"] <= 1e-3 for x in m), [x["logprob_abs_diff"] for x in m]
     assert [x["weight_version"] for x in m] == [0, 1]  # step 2 sampled from the weights pushed after step 1
+    # the pushes went over the collective transport to both nodes' workers, each receiving every tensor (checked
+    # by the trainer), checksummed and probed
+    assert "[engine] collective weight transport: 2 worker(s) joined 1 sender(s) at 127.0.0.1:" in engine, engine[-3000:]
+    assert all(x["weight_push_workers"] == 2 and x["weight_verify_s"] > 0 and x["weight_probe_gap"] <= 1e-3 for x in m)

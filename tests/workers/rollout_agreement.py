@@ -62,18 +62,22 @@ def main(init: str, out: str, overrides: list[str]) -> None:
         engine = MegatronEngine(model, eos_id=tok.eos_token_id, max_sequence_length=256)
     prompts = encode_prompts(load_prompts(source_specs("builtin:rlvr-demo"), on_error="strict", seed=0).prompts[:4], tok)
 
-    def trainer_greedy(prompt, steps):
-        ids = list(prompt)
-        for _ in range(steps):
-            logits = full_logits(model, torch.tensor([ids]))
-            nxt = torch.tensor(0)
-            if dist.get_rank() == 0:
-                nxt = logits[0, -1].argmax()
-            dist.broadcast(nxt, 0)
-            ids.append(int(nxt))
-            if int(nxt) == tok.eos_token_id:
-                break
-        return ids[len(prompt):]
+    def is_trainer_greedy(prompt, response, steps):
+        """Whether `response` is the trainer's own greedy decoding of `prompt` (up to `steps` tokens or
+        EOS): the trainer's argmax after every prefix of it is its next token (one teacher-forced forward
+        instead of one per token: the same test)."""
+        ids = torch.as_tensor(np.concatenate([prompt, response]), dtype=torch.long)
+        with torch.no_grad():
+            logits = full_logits(model, ids[None])
+        for c in model:
+            c.train()
+        ok = torch.tensor(0)
+        if logits is not None:
+            picks = logits[0, len(prompt) - 1:-1].argmax(-1)
+            ends = len(response) == steps or (len(response) > 0 and int(response[-1]) == tok.eos_token_id)
+            ok = torch.tensor(int(ends and torch.equal(picks, ids[len(prompt):])))
+        dist.broadcast(ok, 0)
+        return bool(ok)
 
     def trainer_logps(r):
         """The trainer's teacher-forced log-probs of r's response (on rank 0; zeros elsewhere)."""
@@ -99,7 +103,7 @@ def main(init: str, out: str, overrides: list[str]) -> None:
         greedy_equal, deltas = [], []
         for i, p in enumerate(prompts):
             g = gen(p, n=1, max_new_tokens=24, temperature=0.0)[0]
-            greedy_equal.append(g.response.tolist() == trainer_greedy(p, 24))
+            greedy_equal.append(is_trainer_greedy(p, g.response, 24))
             for r in gen(p, n=4, max_new_tokens=24, temperature=1.0, seed=i):
                 deltas.append(np.abs(r.logprobs - trainer_logps(r)))
         d = np.concatenate(deltas)

@@ -2,8 +2,8 @@
 format and the engine's end: :mod:`tulu_mcore.rollout.vllm_side.collective`).
 
 Each pipeline stage sends its own layers (its first rank in the first data-parallel replica, after the
-stage's TP gather): nothing is funnelled through rank 0. A sender packs bucket k+1 (its TP gather
-included) while bucket k is on the wire, in two send buffers reused across pushes.
+stage's TP gather): nothing is funnelled through rank 0. A sender broadcasts each tensor's own bytes
+(no packing copy) and draws bucket k+1 from the export (its TP gather) while bucket k is on the wire.
 """
 
 from __future__ import annotations
@@ -30,12 +30,19 @@ def is_sender() -> bool:
 
 
 def trainer_host(engine_address: str | None, configured: str | None) -> str:
-    """The address the engine's workers reach trainer rank 0's store at."""
+    """The address the engine's workers reach trainer rank 0's store at: `configured`, else this
+    machine's address on the route to the engine (no name resolution needed), else its host name."""
     if configured:
         return configured
-    if engine_address is None or engine_address.rpartition(":")[0] in LOOPBACK:
+    host = engine_address.rpartition(":")[0].strip("[]") if engine_address else "127.0.0.1"
+    if host in LOOPBACK:
         return "127.0.0.1"  # an engine on this machine
-    return socket.getfqdn()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))  # UDP: picks the route and its source address, sends nothing
+            return s.getsockname()[0]
+    except OSError:
+        return socket.getfqdn()
 
 
 class CollectiveSender:
@@ -44,7 +51,6 @@ class CollectiveSender:
 
     def __init__(self, group, store, device: torch.device):
         self.group, self.store, self.device = group, store, device
-        self.buffers = [torch.empty(0, dtype=torch.uint8, device=device) for _ in range(2)]
 
     @classmethod
     def connect(cls, request_join, *, host: str | None, workers: int | None, timeout_s: float,
@@ -72,11 +78,6 @@ class CollectiveSender:
             answer()
         return cls(group, store, device)
 
-    def _buffer(self, i: int, nbytes: int) -> torch.Tensor:
-        if self.buffers[i].numel() < nbytes:
-            self.buffers[i] = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
-        return self.buffers[i][:nbytes]
-
     def send(self, buckets, *, verify: bool, fault: str | None = None) -> tuple[int, float]:
         """Stream `buckets` (this rank's share of the export; every rank must pass its iterator, which
         is a collective) to the engine; returns (bytes sent, seconds spent on checksums). An error on
@@ -86,36 +87,33 @@ class CollectiveSender:
             for _ in buckets:
                 pass
             return 0, 0.0
-        in_flight: deque = deque()  # the works of the buckets on the wire (at most two: one per buffer)
+        in_flight: deque = deque()  # the bucket on the wire: its works and tensors (alive until done)
         sent, checksum_s, error = 0, 0.0, None
-        for k, bucket in enumerate(buckets):
+        for bucket in buckets:  # drawing bucket k+1 (its TP gather) while bucket k is on the wire
             if error is not None:
                 continue
             try:
-                if len(in_flight) == 2:  # its buffer is the one this bucket goes into
+                if in_flight:
                     _wait(in_flight.popleft())
-                offsets, nbytes = [], 0
-                for _, t in bucket:  # each tensor at a 64-byte boundary: every dtype can view it there
-                    offsets.append(nbytes)
-                    nbytes += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
-                data = self._buffer(k % 2, nbytes)
-                entries = []
-                for (name, t), off in zip(bucket, offsets):
+                entries, tensors, nbytes = [], [], 0
+                for name, t in bucket:
                     n = t.numel() * t.element_size()
-                    view = data[off:off + n]
-                    view.copy_(t.detach().reshape(-1).view(torch.uint8))
+                    raw = t.detach().contiguous().reshape(-1).view(torch.uint8)  # the tensor's own bytes: no copy
                     t0 = time.time()
-                    digest = checksum(view) if verify else None
+                    digest = checksum(raw) if verify else None
                     checksum_s += time.time() - t0
                     if fault is not None and fault[0] == "corrupt" and fault[1] == name:
-                        view[n // 2:n // 2 + 1].bitwise_xor_(0xFF)  # the test hook: damaged in transit
-                    entries.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), off, n, digest])
+                        raw = raw.clone()  # the test hook: damaged in transit (the trainer's copy untouched)
+                        raw[n // 2:n // 2 + 1].bitwise_xor_(0xFF)
+                    # the receiver's offset: each tensor at a 64-byte boundary, where every dtype can view it
+                    entries.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), nbytes, n, digest])
+                    tensors.append(raw)
+                    nbytes += -(-n // ALIGN) * ALIGN
                 meta = torch.frombuffer(bytearray(json.dumps(entries).encode()), dtype=torch.uint8).to(self.device)
                 header = torch.tensor([meta.numel(), nbytes], dtype=torch.int64, device=self.device)
-                # the small tensors ride along with their works: alive until the works are done
-                in_flight.append([broadcast(self.group, header), broadcast(self.group, meta),
-                                  broadcast(self.group, data), (header, meta)])
-                sent += sum(t.numel() * t.element_size() for _, t in bucket)
+                works = [broadcast(self.group, x) for x in (header, meta, *tensors)]
+                in_flight.append([*works, (header, meta, tensors)])
+                sent += sum(e[4] for e in entries)
             except Exception as e:  # the wire broke (a worker died) or timed out (a worker hangs)
                 error = e
         try:

@@ -325,12 +325,27 @@ class VllmEngine:
                 reply = self._reply()  # the engine's own account comes first: it names a dead worker's log
                 if reply["mismatch"] is not None:
                     error = self._mismatch(version, reply["mismatch"])
+                elif error is None:
+                    error = self._incomplete(version, reply["workers"], arch)
             except EngineError as e:
                 error = str(e)
         total = settle(error, sent)
-        if verify and reply is not None:
-            self.push_stats["weight_verify_s"] = checksum_s + max(w["verify_s"] for w in reply["workers"])
+        if reply is not None:
+            self.push_stats["weight_push_workers"] = len(reply["workers"])
+            if verify:
+                self.push_stats["weight_verify_s"] = checksum_s + max(w["verify_s"] for w in reply["workers"])
         return total
+
+    def _incomplete(self, version: int, workers: list[dict], arch) -> str | None:
+        """An error when some engine worker did not receive the whole model (every worker takes every
+        tensor and keeps its own shard of it)."""
+        from tulu_mcore.models.llama.mapping import hf_shapes
+
+        want = len(hf_shapes(arch))
+        if all(w["tensors"] == want for w in workers):
+            return None
+        return (f"weight push {version}: not every vLLM engine worker received the model's {want} tensors "
+                f"(per worker: {[w['tensors'] for w in workers]}): the run stops.\n{self._resume_hint()}")
 
     def _join(self, sender_cls, trainer_host, rank0: bool, chunks):
         """Every rank: the collective groups between the trainer's senders and the engine's workers."""

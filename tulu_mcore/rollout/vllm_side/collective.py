@@ -7,9 +7,10 @@ the sender, ranks 1..W the engine's W workers (all nodes of a multi-node engine)
 trainer rank 0 hosts; gloo on CPUs, NCCL on GPUs, the same code. Groups are built directly on the
 store, outside either side's default process group (the trainer and the engine each have their own).
 
-Per bucket, three broadcasts from the sender: a header ``int64[2]`` = (JSON bytes, data bytes), the
-JSON (``[[name, dtype, shape, offset, nbytes, checksum], ...]``), the data (the bucket's tensors packed
-into one byte buffer, each at a 64-byte boundary). A header of (-1, 0) ends a sender's stream. Each tensor's checksum is taken on
+Per bucket, broadcasts from the sender: a header ``int64[2]`` = (JSON bytes, bucket bytes), the JSON
+(``[[name, dtype, shape, offset, nbytes, checksum], ...]``), then each tensor's bytes, which every worker
+receives at its offset (a 64-byte boundary) in a buffer it reuses for every bucket. A header of (-1, 0)
+ends a sender's stream. Each tensor's checksum is taken on
 the sender before the send and recomputed by every worker from its received bytes before loading.
 """
 
@@ -25,16 +26,22 @@ STORE_TIMEOUT_S = 300.0  # joining the groups (both sides start it within one re
 
 
 def checksum(data: torch.Tensor) -> list[int]:
-    """A fast position-sensitive hash of a tensor's bytes, computed where the bytes are (no host copy of
-    a device tensor, no int64 copy): the sum of its 16-bit words, and the sums of 64 contiguous slices
-    weighted by slice index. Integer sums: the same on every device and torch version."""
+    """A fast position-sensitive hash of a tensor's bytes, computed where they are (no host copy of a
+    device tensor), in one pass: its 64-bit words summed in 64 contiguous slices (int64, wrapping), then
+    the plain and the slice-index-weighted sums of those; bytes after the last whole word count as a
+    65th slice. Integer sums wrap alike in any order: the same on every device and torch version. A
+    flipped bit changes the plain sum; words swapped between slices change the weighted one."""
     raw = data.reshape(-1).view(torch.uint8)
-    words = raw.view(torch.int16) if raw.numel() % 2 == 0 else raw
-    n = words.numel() // 64 * 64
-    total = words.sum(dtype=torch.int64)
-    slices = words[:n].view(64, -1).sum(1, dtype=torch.int64) if n else torch.zeros(64, dtype=torch.int64,
-                                                                                     device=words.device)
-    weighted = (slices * torch.arange(1, 65, dtype=torch.int64, device=words.device)).sum()
+    if raw.data_ptr() % 8:  # an unaligned view (never a packed bucket's): an aligned copy, the same bytes
+        raw = raw.clone()
+    whole = raw.numel() // 8 * 8
+    words = raw[:whole].view(torch.int64)
+    k = words.numel() // 64 * 64
+    slices = words[:k].view(64, -1).sum(1) if k else torch.zeros(64, dtype=torch.int64, device=raw.device)
+    rest = words[k:].sum() + raw[whole:].to(torch.int64).sum()
+    index = torch.arange(1, 65, dtype=torch.int64, device=raw.device)
+    total = slices.sum() + rest
+    weighted = (slices * index).sum() + 65 * rest
     return [int(v) for v in torch.stack([total, weighted]).tolist()]
 
 
@@ -96,34 +103,45 @@ class Receiver:
                               timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
         self.groups = [new_group(info["host"], info["port"], f"{info['prefix']}/{s}", 1 + worker_rank, size,
                                  info["timeout_s"], device, store=store) for s in range(info["senders"])]
-        self.buffers = [torch.empty(0, dtype=torch.uint8, device=device) for _ in self.groups]
+        # two receive buffers per sender, reused: bucket k+1 arrives in one while bucket k loads from the other
+        self.buffers = [[torch.empty(0, dtype=torch.uint8, device=device) for _ in range(2)] for _ in self.groups]
         self.worker_rank = worker_rank
 
-    def _buffer(self, s: int, nbytes: int) -> torch.Tensor:
-        if self.buffers[s].numel() < nbytes:
-            self.buffers[s] = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
-        return self.buffers[s][:nbytes]
+    def _buffer(self, s: int, slot: int, nbytes: int) -> torch.Tensor:
+        if self.buffers[s][slot].numel() < nbytes:
+            self.buffers[s][slot] = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        return self.buffers[s][slot][:nbytes]
+
+    def _post(self, s: int, slot: int):
+        """The next bucket of sender `s`: its header and JSON, and receives of its tensors posted into
+        buffer `slot` (works to wait on); None at the end of the stream."""
+        group = self.groups[s]
+        header = torch.zeros(2, dtype=torch.int64, device=self.device)
+        broadcast(group, header).wait()
+        json_len, data_len = (int(v) for v in header.tolist())
+        if json_len < 0:
+            return None
+        raw = torch.empty(json_len, dtype=torch.uint8, device=self.device)
+        broadcast(group, raw).wait()
+        entries = json.loads(raw.cpu().numpy().tobytes())
+        data = self._buffer(s, slot, data_len)
+        return entries, data, [broadcast(group, data[off:off + n]) for _, _, _, off, n, _ in entries]
 
     def receive(self, load, *, verify: bool, fault=None) -> dict:
         """Every sender's stream, in sender order; each bucket checked (with `verify`) then handed to
-        `load([(name, tensor), ...])`. A checksum mismatch does not stop the stream (the senders finish
-        and the engine's update stays whole); the first one is returned for the trainer to raise. Returns
-        counts, seconds, and the first mismatch (None when all agree)."""
+        `load([(name, tensor), ...])` while the next one arrives. A checksum mismatch does not stop the
+        stream (the senders finish and the engine's update stays whole); the first one is returned for
+        the trainer to raise. Returns counts, seconds, and the first mismatch (None when all agree)."""
         tensors = nbytes = buckets = 0
         verify_s = load_s = 0.0
         mismatch = None
-        for s, group in enumerate(self.groups):
-            while True:
-                header = torch.zeros(2, dtype=torch.int64, device=self.device)
-                broadcast(group, header).wait()
-                json_len, data_len = (int(v) for v in header.tolist())
-                if json_len < 0:
-                    break
-                raw = torch.empty(json_len, dtype=torch.uint8, device=self.device)
-                broadcast(group, raw).wait()
-                entries = json.loads(raw.cpu().numpy().tobytes())
-                data = self._buffer(s, data_len)
-                broadcast(group, data).wait()
+        for s in range(len(self.groups)):
+            slot = 0
+            pending = self._post(s, slot)
+            while pending is not None:
+                entries, data, works = pending
+                for work in works:
+                    work.wait()
                 if fault is not None and fault[0] in ("die", "hang") and buckets == int(fault[1]):
                     print(f"[engine] test hook: worker {self.worker_rank} {'exits' if fault[0] == 'die' else 'hangs'} "
                           f"at bucket {buckets}", flush=True)
@@ -131,6 +149,8 @@ class Receiver:
                         os._exit(1)
                     time.sleep(10 ** 6)
                 buckets += 1
+                slot = 1 - slot
+                pending = self._post(s, slot)  # bucket k+1 arrives while bucket k is checked and loaded
                 views = [(name, data[off:off + n].view(getattr(torch, dtype)).view(*shape), want)
                          for name, dtype, shape, off, n, want in entries]
                 t0 = time.time()

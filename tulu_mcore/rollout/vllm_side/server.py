@@ -37,7 +37,7 @@ HANDSHAKE_S = 10.0  # a connection proves the key within this, or is dropped
 
 
 def has_transfer_api() -> bool:
-    """vLLM's weight-transfer API (``vllm.distributed.weight_transfer``, 0.28 and later): the collective
+    """vLLM's weight-transfer API (``vllm.distributed.weight_transfer``; tested: 0.32): the collective
     transport registers its receiver there; without it, the worker extension's own methods run it."""
     try:
         import vllm.distributed.weight_transfer  # noqa: F401
@@ -175,6 +175,9 @@ class Server:
         """Every worker joins the trainer's groups (the senders join theirs meanwhile)."""
         self.llm.collective_rpc("init_weight_transfer_engine" if self.transfer_api else "tulu_collective_init",
                                 args=(info,))
+        route = "vLLM's weight-transfer API" if self.transfer_api else "the worker extension"
+        print(f"[engine] collective weight transport: {info['workers']} worker(s) joined {info['senders']} sender(s) "
+              f"at {info['host']}:{info['port']} through {route}", flush=True)
         return {"transfer_api": self.transfer_api}
 
     def collective_push(self, version, verify, fault=None):

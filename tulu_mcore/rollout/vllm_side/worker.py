@@ -8,10 +8,10 @@ module (q/k/v, gate/up) across calls. Tensors travel as (name, dtype, shape, byt
 channel rebuilds tensors only for typed fields.
 
 The collective transport (:mod:`collective`) goes through vLLM's weight-transfer API where the engine's
-vLLM has it (``vllm.distributed.weight_transfer``, 0.28 and later): :class:`TuluCollectiveEngine`,
+vLLM has it (``vllm.distributed.weight_transfer``; tested: 0.32): :class:`TuluCollectiveEngine`,
 registered as the ``tulu_collective`` backend and driven by the worker's own init/start/update/finish
 methods. On a vLLM without that API the same receiver runs through this extension's ``tulu_collective_*``
-methods (:func:`server.collective_calls` picks the route).
+methods (:func:`server.has_transfer_api` picks the route).
 """
 
 import torch
@@ -125,13 +125,13 @@ class TuluWeightSync:
             finalize_layerwise_reload(self.model_runner.model, self.vllm_config.model_config)
 
 
-try:  # vLLM's weight-transfer API (0.28 and later); older vLLM: the tulu_collective_* methods above
+try:  # vLLM's weight-transfer API; a vLLM without it: the tulu_collective_* methods above
     from vllm.distributed.weight_transfer import WeightTransferEngine, WeightTransferEngineFactory
 except ImportError:
     WeightTransferEngine = None
 
 if WeightTransferEngine is not None:
-    from dataclasses import dataclass, field
+    from dataclasses import dataclass
 
     @dataclass
     class CollectiveInit:
@@ -146,7 +146,6 @@ if WeightTransferEngine is not None:
     class CollectiveUpdate:
         verify: bool = True
         fault: str | None = None
-        extra: dict = field(default_factory=dict)
 
     class TuluCollectiveEngine(WeightTransferEngine):
         """The collective receiver as a vLLM weight-transfer backend: the worker's
