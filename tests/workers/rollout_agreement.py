@@ -18,8 +18,6 @@ import torch
 
 
 def main(init: str, out: str, overrides: list[str]) -> None:
-    import os
-
     import torch.distributed as dist
 
     from tulu_mcore import runtime

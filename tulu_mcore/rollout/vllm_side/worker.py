@@ -15,7 +15,6 @@ methods (:func:`server.has_transfer_api` picks the route).
 """
 
 import torch
-
 from collective import Receiver, parse_fault
 
 BACKEND = "tulu_collective"
