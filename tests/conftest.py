@@ -169,7 +169,9 @@ def vllm_engine(vllm_python, vllm_hf, tmp_path_factory):
     from tulu_mcore.launch.engine import engine_env, server_command, write_engine_config
 
     root = tmp_path_factory.mktemp("engine")
-    cfg = compose(["runtime.device=cpu", "train.seq_length=256"])  # the RL tests' row length and dtype
+    # the RL tests' row length and dtype; eager: vLLM's compile of the model would add ~25 s to each start
+    # on 2 cores, and these tests check weights and tokens, not kernels
+    cfg = compose(["runtime.device=cpu", "train.seq_length=256", "rlvr.vllm.enforce_eager=true"])
     model_dir = write_engine_config(root, LlamaArch.from_hf_dir(vllm_hf), cfg.precision.params_dtype)
     key, ready = secrets.token_hex(16), root / "ready.json"
     with open(root / "vllm.log", "ab") as log:

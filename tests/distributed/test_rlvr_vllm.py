@@ -17,7 +17,7 @@ def _args(run, vllm_hf, vllm_python, *extra):
     return ["recipe=rlvr_grpo", f"model.init={vllm_hf}", f"run.dir={run}", "runtime.device=cpu",
             "metrics.progress=false", "train.save_interval=1", "train.global_batch_size=4",
             "rlvr.samples_per_prompt=4", "rlvr.max_new_tokens=16", "train.export_hf=false", "rlvr.engine=vllm",
-            f"rlvr.vllm.python={vllm_python}", *extra]
+            f"rlvr.vllm.python={vllm_python}", "rlvr.vllm.enforce_eager=true", *extra]
 
 
 @pytest.mark.vllm

@@ -225,7 +225,8 @@ def test_rl_job_trains_on_one_node_with_its_vllm_engine_on_two_others(slurm3, vl
             f"model.init={vllm_hf}", f"run.dir={run}", f"data.cache_dir={data_cache}", "runtime.device=cpu",
             "metrics.progress=false", "metrics.plots=false", "train.max_steps=2", "train.global_batch_size=4",
             "train.seq_length=256", "rlvr.samples_per_prompt=4", "rlvr.max_new_tokens=16", "train.export_hf=false",
-            "rlvr.engine=vllm", "rlvr.vllm.tp=2", f"rlvr.vllm.python={vllm_python}", "+launcher.env.OMP_NUM_THREADS=1",
+            "rlvr.engine=vllm", "rlvr.vllm.tp=2", f"rlvr.vllm.python={vllm_python}", "rlvr.vllm.enforce_eager=true",
+            "+launcher.env.OMP_NUM_THREADS=1",
             *(f"+rlvr.vllm.env.{k}={v}" for k, v in {**iomp, "VLLM_CPU_OMP_THREADS_BIND": "nobind"}.items())]
     job = submit(slurm3, args)
     info = slurm3.wait(job, timeout=600)
