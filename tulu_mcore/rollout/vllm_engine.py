@@ -398,11 +398,15 @@ class VllmEngine:
                                                                               else 1e-1)
             if gap.mean() > tol:
                 worst = np.unravel_index(gap.argmax(), gap.shape)
+                why = ("Every tensor arrived as sent (checksums), so the engine holds wrong weights after loading "
+                       "them (a loader or layout mismatch, or memory corruption)"
+                       if self.opts.transport == "collective" else
+                       f"The engine holds weights other than the trainer's (rlvr.vllm.transport="
+                       f"{self.opts.transport} has no checksums to tell a damaged transfer from a wrong load)")
                 error = (f"weight push {version}: the vLLM engine's log-probs of the probe sequences are not the "
                          f"trainer's (mean |Δ| {gap.mean():.4g} > rlvr.vllm.probe_tol={tol:g}; largest "
-                         f"{gap.max():.4g} at sequence {worst[0]}, token {worst[1] + 1}). Every tensor arrived "
-                         f"as sent, so the engine holds wrong weights after loading them (a loader or layout "
-                         f"mismatch, or memory corruption): the run stops.\n{self._resume_hint()}")
+                         f"{gap.max():.4g} at sequence {worst[0]}, token {worst[1] + 1}). {why}: the run stops."
+                         f"\n{self._resume_hint()}")
         settle(error)
 
     def _push_rank0(self, chunks, arch, version: int) -> int:

@@ -54,7 +54,9 @@ def engine_kwargs(args) -> dict:
     if not args.load_weights:
         kwargs["load_format"] = "dummy"
     if has_transfer_api():
-        kwargs["weight_transfer_config"] = {"backend": "tulu_collective"}
+        from worker import BACKEND  # the collective receiver's name in vLLM's registry
+
+        kwargs["weight_transfer_config"] = {"backend": BACKEND}
     if args.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
     if args.nnodes > 1:  # vLLM's ParallelConfig: nnodes/node_rank/master_addr/master_port, "mp" backend only
