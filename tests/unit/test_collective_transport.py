@@ -38,7 +38,7 @@ def _push(tmp_path, buckets, *, fault: str = "", timeout_s: float = 20.0):
     proc = subprocess.Popen([sys.executable, "-c", RECEIVER, json.dumps(info), fault, str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        group = new_group("127.0.0.1", store.port, "t/0", 0, 2, timeout_s, torch.device("cpu"), store=store)
+        group = new_group(store, "t/0", 0, 2, timeout_s, torch.device("cpu"))
         sender = CollectiveSender(group, store, torch.device("cpu"))
         t0 = time.time()
         try:

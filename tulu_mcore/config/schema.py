@@ -174,7 +174,7 @@ class VllmConfig:
     verify_every: int = 1
     probe_tol: float | None = None
     # the address the engine's workers reach trainer rank 0 at (collective transport); default 127.0.0.1
-    # for an engine on this machine, else this node's host name
+    # for an engine on this machine, else this node's address on the route to the engine
     collective_host: str | None = None
     startup_timeout_s: int = 600
     timeout_s: int = 3600  # longest wait for one reply (a generation) before the engine counts as hung

@@ -12,15 +12,20 @@ import json
 import secrets
 import socket
 import time
-from collections import deque
 
 import torch
 import torch.distributed as dist
 
-from tulu_mcore.rollout.vllm_side.collective import broadcast, checksum, new_group, parse_fault
+from tulu_mcore.rollout.vllm_side.collective import (
+    ALIGN,
+    broadcast,
+    checksum,
+    connect_store,
+    new_group,
+    parse_fault,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-ALIGN = 64
 
 
 def is_sender() -> bool:
@@ -72,8 +77,9 @@ class CollectiveSender:
         answer = request_join(info) if dist.get_rank() == 0 else None
         group = None
         if is_sender():
-            group = new_group(info["host"], info["port"], f"{info['prefix']}/{ps.get_pipeline_model_parallel_rank()}",
-                              0, 1 + info["workers"], timeout_s, device, store=store)
+            group = new_group(store or connect_store(info["host"], info["port"]),
+                              f"{info['prefix']}/{ps.get_pipeline_model_parallel_rank()}", 0, 1 + info["workers"],
+                              timeout_s, device)
         if answer is not None:
             answer()
         return cls(group, store, device)
@@ -87,14 +93,14 @@ class CollectiveSender:
             for _ in buckets:
                 pass
             return 0, 0.0
-        in_flight: deque = deque()  # the bucket on the wire: its works and tensors (alive until done)
+        # the bucket on the wire: its works, and the tensors they read (alive until the works are done)
+        pending: tuple[list, tuple] = ([], ())
         sent, checksum_s, error = 0, 0.0, None
         for bucket in buckets:  # drawing bucket k+1 (its TP gather) while bucket k is on the wire
             if error is not None:
                 continue
             try:
-                if in_flight:
-                    _wait(in_flight.popleft())
+                _wait(pending)
                 entries, tensors, nbytes = [], [], 0
                 for name, t in bucket:
                     n = t.numel() * t.element_size()
@@ -105,23 +111,20 @@ class CollectiveSender:
                     if fault is not None and fault[0] == "corrupt" and fault[1] == name:
                         raw = raw.clone()  # the test hook: damaged in transit (the trainer's copy untouched)
                         raw[n // 2:n // 2 + 1].bitwise_xor_(0xFF)
-                    # the receiver's offset: each tensor at a 64-byte boundary, where every dtype can view it
                     entries.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), nbytes, n, digest])
                     tensors.append(raw)
-                    nbytes += -(-n // ALIGN) * ALIGN
+                    nbytes += -(-n // ALIGN) * ALIGN  # the receiver's offset of the next tensor
                 meta = torch.frombuffer(bytearray(json.dumps(entries).encode()), dtype=torch.uint8).to(self.device)
                 header = torch.tensor([meta.numel(), nbytes], dtype=torch.int64, device=self.device)
-                works = [broadcast(self.group, x) for x in (header, meta, *tensors)]
-                in_flight.append([*works, (header, meta, tensors)])
+                pending = ([broadcast(self.group, x) for x in (header, meta, *tensors)], (header, meta, tensors))
                 sent += sum(e[4] for e in entries)
             except Exception as e:  # the wire broke (a worker died) or timed out (a worker hangs)
                 error = e
         try:
             if error is None:
+                _wait(pending)
                 end = torch.tensor([-1, 0], dtype=torch.int64, device=self.device)
-                in_flight.append([broadcast(self.group, end), end])
-                for works in in_flight:
-                    _wait(works)
+                _wait(([broadcast(self.group, end)], end))
         except Exception as e:
             error = e
         if error is not None:
@@ -134,7 +137,7 @@ class CollectiveSender:
         self.store = None
 
 
-def _wait(works) -> None:
-    for w in works:
-        if not isinstance(w, (tuple, torch.Tensor)):
-            w.wait()
+def _wait(pending: tuple[list, object]) -> None:
+    """Wait for the works of (works, the tensors they read)."""
+    for work in pending[0]:
+        work.wait()

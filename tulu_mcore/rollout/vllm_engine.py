@@ -51,18 +51,9 @@ def _python(opts) -> str:
     return py
 
 
-def raise_everywhere(error: str | None) -> None:
-    """Collective: rank 0's engine error (or None) raised on every rank, so that no rank waits for
-    the others forever."""
-    box = [error]
-    dist.broadcast_object_list(box, src=0)
-    if box[0] is not None:
-        raise EngineError(box[0])
-
-
 def settle(error: str | None, value: int = 0) -> int:
-    """Collective: the first rank's error (rank 0's when it has one) raised on every rank, else the sum
-    of every rank's `value`."""
+    """Collective: the first rank's error (rank 0's when it has one: the rank that speaks to the engine)
+    raised on every rank, so that none waits for the others forever; else the sum of every rank's `value`."""
     pairs = [None] * dist.get_world_size()
     dist.all_gather_object(pairs, (error, value))
     errors = [e for e, _ in pairs if e is not None]
@@ -127,7 +118,7 @@ class VllmEngine:
                 engine = cls._connect(cfg, arch, log, **common)
             except EngineError as e:
                 error = str(e)
-        raise_everywhere(error)
+        settle(error)
         if engine is None:  # ranks other than 0 hold no connection; they take part in pushes
             engine = cls(None, dtype=torch.float32, **common)
         engine.push_weights(chunks, arch, version=version)
@@ -301,12 +292,11 @@ class VllmEngine:
 
     def _push_collective(self, chunks, arch, version: int, verify: bool) -> int:
         from tulu_mcore.convert.export import export_hf_weights
-        from tulu_mcore.rollout.collective import CollectiveSender, trainer_host
         from tulu_mcore.rollout.vllm_side.collective import fault_for_push
 
         rank0 = self.conn is not None
         if self.sender is None:
-            self.sender = self._join(CollectiveSender, trainer_host, rank0, chunks)
+            self.sender = self._join(chunks)
         fault = fault_for_push(os.environ.get("TULU_WEIGHT_SYNC_FAULT"), self.pushes)  # test hooks
         error, reply, sent, checksum_s = None, None, 0, 0.0
         if rank0:
@@ -347,8 +337,11 @@ class VllmEngine:
         return (f"weight push {version}: not every vLLM engine worker received the model's {want} tensors "
                 f"(per worker: {[w['tensors'] for w in workers]}): the run stops.\n{self._resume_hint()}")
 
-    def _join(self, sender_cls, trainer_host, rank0: bool, chunks):
+    def _join(self, chunks):
         """Every rank: the collective groups between the trainer's senders and the engine's workers."""
+        from tulu_mcore.rollout.collective import CollectiveSender, trainer_host
+
+        rank0 = self.conn is not None
         device = next(chunks[0].parameters()).device
         host, workers, error = None, None, None
         if rank0:
@@ -364,8 +357,8 @@ class VllmEngine:
             return self._reply
 
         try:
-            sender = sender_cls.connect(request_join if rank0 else None, host=host, workers=workers,
-                                        timeout_s=self.opts.timeout_s, device=device)
+            sender = CollectiveSender.connect(request_join if rank0 else None, host=host, workers=workers,
+                                              timeout_s=self.opts.timeout_s, device=device)
         except EngineError as e:
             sender, error = None, str(e)
         except Exception as e:  # the groups could not form
@@ -441,7 +434,7 @@ class VllmEngine:
                     self._call("end", version=version)
         except EngineError as e:
             error = str(e)
-        raise_everywhere(error)
+        settle(error)
         return sent
 
     def _write_bucket(self, out_dir: Path, i: int, bucket) -> None:

@@ -9,8 +9,8 @@ store, outside either side's default process group (the trainer and the engine e
 
 Per bucket, broadcasts from the sender: a header ``int64[2]`` = (JSON bytes, bucket bytes), the JSON
 (``[[name, dtype, shape, offset, nbytes, checksum], ...]``), then each tensor's bytes, which every worker
-receives at its offset (a 64-byte boundary) in a buffer it reuses for every bucket. A header of (-1, 0)
-ends a sender's stream. Each tensor's checksum is taken on
+receives at its offset (a multiple of ALIGN) in one of two buffers it reuses for every bucket. A header
+of (-1, 0) ends a sender's stream. Each tensor's checksum is taken on
 the sender before the send and recomputed by every worker from its received bytes before loading.
 """
 
@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 STORE_TIMEOUT_S = 300.0  # joining the groups (both sides start it within one request)
+ALIGN = 64  # each tensor's offset in a worker's receive buffer: a boundary where every dtype can view it
 
 
 def checksum(data: torch.Tensor) -> list[int]:
@@ -45,20 +46,17 @@ def checksum(data: torch.Tensor) -> list[int]:
     return [int(v) for v in torch.stack([total, weighted]).tolist()]
 
 
-def backend_for(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
+def connect_store(host: str, port: int):
+    """A client of the TCPStore trainer rank 0 hosts, where the groups meet."""
+    return dist.TCPStore(host, port, is_master=False, timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
 
 
-def new_group(host: str, port: int, prefix: str, rank: int, size: int, timeout_s: float, device: torch.device,
-              is_master: bool = False, store=None):
-    """A process group of `size` ranks on the TCPStore at host:port (keys under `prefix`), outside the
-    default group; operations time out after `timeout_s`."""
+def new_group(store, prefix: str, rank: int, size: int, timeout_s: float, device: torch.device):
+    """A process group of `size` ranks meeting at `store` (keys under `prefix`), outside the default
+    group: NCCL for CUDA tensors, gloo otherwise; operations time out after `timeout_s`."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    if store is None:
-        store = dist.TCPStore(host, port, is_master=is_master, timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S),
-                              wait_for_workers=False)
     prefixed = dist.PrefixStore(prefix, store)
-    if backend_for(device) == "nccl":
+    if device.type == "cuda":
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
         return dist.ProcessGroupNCCL(prefixed, rank, size, opts)
@@ -94,15 +92,13 @@ def fault_for_push(spec: str | None, push: int) -> str | None:
 
 
 class Receiver:
-    """A worker's end: its groups (one per sender) and a receive buffer per group, reused across pushes."""
+    """A worker's end: its groups (one per sender) and two receive buffers per group, reused across pushes."""
 
     def __init__(self, info: dict, worker_rank: int, device: torch.device):
         self.device = device
-        size = 1 + info["workers"]
-        store = dist.TCPStore(info["host"], info["port"], is_master=False,
-                              timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
-        self.groups = [new_group(info["host"], info["port"], f"{info['prefix']}/{s}", 1 + worker_rank, size,
-                                 info["timeout_s"], device, store=store) for s in range(info["senders"])]
+        store = connect_store(info["host"], info["port"])
+        self.groups = [new_group(store, f"{info['prefix']}/{s}", 1 + worker_rank, 1 + info["workers"],
+                                 info["timeout_s"], device) for s in range(info["senders"])]
         # two receive buffers per sender, reused: bucket k+1 arrives in one while bucket k loads from the other
         self.buffers = [[torch.empty(0, dtype=torch.uint8, device=device) for _ in range(2)] for _ in self.groups]
         self.worker_rank = worker_rank

@@ -20,8 +20,9 @@ from collective import Receiver, parse_fault
 BACKEND = "tulu_collective"
 
 
-def _device(worker) -> torch.device:
-    device = getattr(worker, "device", None)
+def _device(owner) -> torch.device:
+    """Where received weights land: the worker's (or transfer engine's) CUDA device, else the CPU."""
+    device = getattr(owner, "device", None)
     return device if isinstance(device, torch.device) and device.type == "cuda" else torch.device("cpu")
 
 
@@ -156,8 +157,7 @@ if WeightTransferEngine is not None:
         def init_transfer_engine(self, init_info):
             from vllm.distributed import get_world_group
 
-            device = self.device if self.device.type == "cuda" else torch.device("cpu")
-            self.receiver = Receiver(vars(init_info), get_world_group().rank, device)
+            self.receiver = Receiver(vars(init_info), get_world_group().rank, _device(self))
             self.stats = {}
 
         def start_weight_update(self):
