@@ -4,23 +4,30 @@
    prompts (new arithmetic problems; new questions asking for a trained response format): the stages
    train on the filtered copies in ``<out>/decontam/``, whose report says what overlapped.
 1. Tülu 3 SFT of the tiny Llama (random weights, the built-in tokenizer) on the built-in demo
-   conversations, with checkpoints and a Hugging Face export: ``tulu-train recipe=sft model=tiny`` with
-   the run directory below.
-2. Tülu 3 DPO of that SFT model on the built-in preference pairs (correct vs wrong answers), with the
+   conversations and judge lessons (rating a response to a demo prompt, in tulu-synth's short judge
+   format), with checkpoints and a Hugging Face export: ``tulu-train recipe=sft model=tiny`` with the
+   run directory below.
+2. On-policy preference pairs (``tulu-synth preferences``, megatron engine, in the same ranks): two
+   completions of each of 48 demo prompts from the SFT checkpoint, each rated on Tülu 3's four aspects
+   by the SFT model itself as judge, binarized into chosen/rejected and decontaminated
+   (``<out>/onpolicy/``: pairs.jsonl, report.md); then a short DPO of the SFT model on those pairs
+   (``<out>/dpo_onpolicy``), scored on the held-out prompts beside the main chain. A tiny model's
+   self-judgements are noisy: the main chain's DPO keeps to the built-in pairs.
+3. Tülu 3 DPO of the SFT model on the built-in preference pairs (correct vs wrong answers), the
    reference log-probs cached before training: ``tulu-train recipe=dpo model.init=<the SFT run>``.
-3. RL with verifiable rewards (GRPO, Tülu 3.1) from the DPO model on the built-in verifiable prompts
+4. RL with verifiable rewards (GRPO, Tülu 3.1) from the DPO model on the built-in verifiable prompts
    (arithmetic with exact answers, instructions with checkable constraints), rollouts from the megatron
    engine: ``tulu-train recipe=rlvr_grpo model.init=<the DPO run>``.
-   The three runs go one after another in one launch of 2 ranks (torchrun; CPU unless a GPU is visible):
+   The stages go one after another in one launch of 2 ranks (torchrun; CPU unless a GPU is visible):
    the ranks start once.
-4. A check of SFT's export against its final checkpoint (``tulu-convert verify`` at TP2).
-5. ``tulu-eval`` of each stage's export (SFT, DPO, RLVR) on the held-out prompts (task ``demo_tulu``:
+5. A check of SFT's export against its final checkpoint (``tulu-convert verify`` at TP2).
+6. ``tulu-eval`` of each stage's export (SFT, DPO, RLVR) on the held-out prompts (task ``demo_tulu``:
    greedy answers verified by the RLVR verifiers, averaged over the two kinds), a table and
    ``<out>/eval.png``; each stage's full results in ``<out>/eval/<stage>/``.
-6. A summary (also in ``<out>/summary.json``): the loss curves, tokens/s, packing efficiency, DPO's
+7. A summary (also in ``<out>/summary.json``): the loss curves, tokens/s, packing efficiency, DPO's
    preference accuracy and margin, the verified rate of RLVR's rollouts per dataset (first vs last
    quarter of the steps), the held-out scores, and the final model answering a prompt through
-   ``transformers``.
+   ``transformers``; the on-policy stage's counts (pairs, the judge's parse failures) and throughput.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tulu_mcore.checkpoint.run import resolve_checkpoint
     from tulu_mcore.convert.verify import VerifyArgs, verify
+    from tulu_mcore.data.sources import BUILTIN
     from tulu_mcore.metrics.logger import read_metrics
 
     out = Path(args.out)
@@ -89,27 +97,38 @@ def main(argv: list[str] | None = None) -> None:
         _say(f"removing the previous demo run in {out}")
         shutil.rmtree(out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    sft_dir, dpo_dir, rl_dir = out / "sft", out / "dpo", out / "rlvr"
+    sft_dir, dpo_dir, rl_dir, onp_dir = out / "sft", out / "dpo", out / "rlvr", out / "dpo_onpolicy"
     clean = _decontaminate(out)
     # 10 passes over the 600 demo conversations: the recipe's 2 are enough for real models, not for
     # a randomly initialised tiny one to learn the answers' format; DPO's and RL's LRs are the largest
     # that still move the held-out score up rather than wreck the model's generation
     sft_args = ["recipe=sft", "model=tiny", f"run.dir={sft_dir}", f"runtime.device={device}", "train.epochs=10",
-                f"data.cache_dir={out / 'cache'}", f"data.train={clean['sft']}", *args.overrides]
+                f"data.cache_dir={out / 'cache'}", f"data.train={_mixture(clean['sft'], clean['judge'])}",
+                *args.overrides]
+    onpolicy = out / "onpolicy"
+    synth_args = ["synth", "preferences", f"prompts=[{clean['dpo']}]", "limit=48", f"policy={sft_dir}",
+                  f"judge.model={sft_dir}", "judge.template=single", "judge.max_new_tokens=8", "judge.retries=2",
+                  "completions_per_model=2", "sampling.max_new_tokens=32", "engine.kind=megatron",
+                  f"engine.device={device}", "engine.max_model_len=256", "shard_size=12", f"out={onpolicy}",
+                  f"decontam.eval=[{BUILTIN['builtin:rlvr-heldout']}]"]
+    onpolicy_args = ["recipe=dpo", f"model.init={sft_dir}", f"run.dir={onp_dir}", f"runtime.device={device}",
+                     "train.epochs=2", "optim.lr=1e-4", "train.global_batch_size=8", f"data.cache_dir={out / 'cache'}",
+                     f"data.train={onpolicy / 'pairs.jsonl'}"]
     dpo_args = ["recipe=dpo", f"model.init={sft_dir}", f"run.dir={dpo_dir}", f"runtime.device={device}",
                 "train.epochs=2", "optim.lr=1e-4", f"data.cache_dir={out / 'cache'}", f"data.train={clean['dpo']}"]
     # one pass over the 320 demo prompts (8 per step, 8 samples each)
     rl_args = ["recipe=rlvr_grpo", f"model.init={dpo_dir}", f"run.dir={rl_dir}", f"runtime.device={device}",
                "train.epochs=1", "optim.lr=6e-4", f"data.train={clean['rlvr']}"]
-    sft_s, dpo_s, rl_s = _train([sft_args, dpo_args, rl_args], args.ranks, device, out)
+    sft_s, synth_s, onp_s, dpo_s, rl_s = _train([sft_args, synth_args, onpolicy_args, dpo_args, rl_args], args.ranks,
+                                                device, out)
 
     ckpt = resolve_checkpoint(sft_dir)
     result, ok = verify(VerifyArgs(str(sft_dir / "hf"), str(ckpt), tp=2, device=device))
     _say(f"SFT's HF export vs its final checkpoint at TP2: max_abs_logit_diff={result['max_abs_logit_diff']:.2e} "
          f"({'ok' if ok else 'FAILED'})")
 
-    sft, dpo, rl = read_metrics(sft_dir), read_metrics(dpo_dir), read_metrics(rl_dir)
-    for d, m in ((sft_dir, sft), (dpo_dir, dpo), (rl_dir, rl)):
+    sft, dpo, rl, odpo = read_metrics(sft_dir), read_metrics(dpo_dir), read_metrics(rl_dir), read_metrics(onp_dir)
+    for d, m in ((sft_dir, sft), (dpo_dir, dpo), (rl_dir, rl), (onp_dir, odpo)):
         if not m:
             raise UserError(f"{d}/metrics.jsonl is empty: training logged no step")
     losses = [r["loss"] for r in sft]
@@ -121,6 +140,16 @@ def main(argv: list[str] | None = None) -> None:
          f"{sft[-1]['token_mean_loss']:.3f})")
     _say(f"SFT loss curve: {sparkline(losses)}")
     _say(f"SFT throughput {tps:,.0f} tokens/s over {args.ranks} ranks; packing efficiency {eff:.1%}")
+    onp = json.loads((onpolicy / "report.json").read_text())
+    gen, jt = onp["throughput"]["completions-policy"], onp["throughput"]["judge"]
+    _say(f"on-policy pairs: {onp['outputs']['pairs']['rows']} pairs from {onp['prompts']} prompts in {synth_s:.0f}s "
+         f"(outcomes {onp['outcomes']}); the SFT model as judge: {onp['judge_requests']} requests, parse failure "
+         f"rate {onp['judge_parse_failure_rate']:.0%} ({onp['judge_recovered_by_retry']} recovered by asking again); "
+         f"generation {gen['tokens_per_s']:.0f} tokens/s, judge {jt['prompts_per_s']:.1f} requests/s per rank")
+    oq = max(1, len(odpo) // 4)
+    oacc = [sum(r["accuracy"] for r in part) / len(part) for part in (odpo[:oq], odpo[-oq:])]
+    _say(f"DPO on the on-policy pairs: {len(odpo)} steps in {onp_s:.0f}s; loss {odpo[0]['loss']:.3f} -> "
+         f"{odpo[-1]['loss']:.3f}; preference accuracy {oacc[0]:.0%} -> {oacc[1]:.0%} (first vs last quarter)")
     half = max(1, len(dpo) // 4)
     acc = [sum(r["accuracy"] for r in part) / len(part) for part in (dpo[:half], dpo[-half:])]
     margin = [sum(r["margin"] for r in part) / len(part) for part in (dpo[:half], dpo[-half:])]
@@ -139,11 +168,11 @@ def main(argv: list[str] | None = None) -> None:
          f"{rates['verified_rate_ifeval'][0]:.0%} -> {rates['verified_rate_ifeval'][1]:.0%}; first vs last "
          f"quarter of the steps); KL to the DPO model {rl[-1]['kl']:.2f}")
     _say(f"RLVR verified-rate curve: {sparkline([r['verified_rate'] for r in rl])}")
-    scores = _evaluate(out, {"SFT": sft_dir, "DPO": dpo_dir, "RLVR": rl_dir})
+    scores = _evaluate(out, {"SFT": sft_dir, "DPO": dpo_dir, "RLVR": rl_dir, "DPO-onpolicy": onp_dir})
     question = "Mia has 7 apples and gets 5 more. How many apples does Mia have now?"
     answer = generate(rl_dir / "hf", question)
     _say(f"the exported RLVR model, asked {question!r}: {answer!r}")
-    _say(f"run directories: {sft_dir}, {dpo_dir}, {rl_dir} (metrics.jsonl, checkpoints/, hf/)")
+    _say(f"run directories: {sft_dir}, {dpo_dir}, {rl_dir}, {onp_dir} (metrics.jsonl, checkpoints/, hf/)")
     summary = {
         "export_check": {"max_abs_logit_diff": result["max_abs_logit_diff"], "ok": ok},
         "sft": {"steps": len(sft), "loss_first": losses[0], "loss_last": losses[-1], "tokens_per_s": tps},
@@ -151,6 +180,12 @@ def main(argv: list[str] | None = None) -> None:
                 "margin_first_quarter": margin[0], "margin_last_quarter": margin[1]},
         "rlvr": {"steps": len(rl), **{f"{k}_first_quarter": v[0] for k, v in rates.items()},
                  **{f"{k}_last_quarter": v[1] for k, v in rates.items()}, "kl_last": rl[-1]["kl"]},
+        "onpolicy": {"pairs": onp["outputs"]["pairs"]["rows"], "prompts": onp["prompts"], "seconds": synth_s,
+                     "dpo_steps": len(odpo), "dpo_loss_first": odpo[0]["loss"], "dpo_loss_last": odpo[-1]["loss"],
+                     "dpo_accuracy_first_quarter": oacc[0], "dpo_accuracy_last_quarter": oacc[1],
+                     "outcomes": onp["outcomes"], "judge_requests": onp["judge_requests"],
+                     "judge_parse_failure_rate": onp["judge_parse_failure_rate"],
+                     "decontamination_removed": onp["decontamination"]["pairs"]["removed"]},
         "decontamination": clean["summary"],
         "heldout": scores,
         "answer": answer,
@@ -165,7 +200,8 @@ def _decontaminate(out: Path) -> dict:
     from tulu_mcore.data.decontam import decontaminate
     from tulu_mcore.data.sources import BUILTIN
 
-    sources = {"sft": "builtin:sft-demo", "dpo": "builtin:preference-demo", "rlvr": "builtin:rlvr-demo"}
+    sources = {"sft": "builtin:sft-demo", "judge": "builtin:judge-demo", "dpo": "builtin:preference-demo",
+               "rlvr": "builtin:rlvr-demo"}
     report = decontaminate([str(BUILTIN[s]) for s in sources.values()], [str(BUILTIN["builtin:rlvr-heldout"])],
                            out / "decontam", log=lambda *_: None)
     clean, total, removed = {}, 0, 0
@@ -180,6 +216,11 @@ def _decontaminate(out: Path) -> dict:
          f"(report: {out / 'decontam' / 'report.md'})")
     clean["summary"] = {"training_rows": total, "removed": removed, "contaminated_sources": contaminated}
     return clean
+
+
+def _mixture(*paths) -> str:
+    """A data.train override naming several files (a mixture, every row of each)."""
+    return "[" + ", ".join(f"{{path: {p}}}" for p in paths) + "]"
 
 
 def _evaluate(out: Path, stages: dict[str, Path]) -> dict:
@@ -226,7 +267,8 @@ def _train(stages: list[list[str]], ranks: int, device: str, out: Path) -> list[
     from tulu_mcore.runtime.launch import torchrun
 
     for args in stages:
-        _say(f"tulu-train {' '.join(args)}  ({ranks} ranks, {device})")
+        cmd = f"tulu-synth {' '.join(args[1:])}" if args[0] == "synth" else f"tulu-train {' '.join(args)}"
+        _say(f"{cmd}  ({ranks} ranks, {device})")
     plan = out / "stages.json"
     out.mkdir(parents=True, exist_ok=True)
     plan.write_text(json.dumps(stages))
@@ -237,15 +279,22 @@ def _train(stages: list[list[str]], ranks: int, device: str, out: Path) -> list[
 
 
 def run_stages(plan: Path) -> None:
-    """On each rank of the demo's launch: every stage's tulu-train, in order; rank 0 writes their times."""
+    """On each rank of the demo's launch: every stage's tulu-train (or tulu-synth: a stage that starts
+    with "synth"), in order; rank 0 writes their times."""
     import torch.distributed as dist
 
+    from tulu_mcore.cli.synth import main as synth
     from tulu_mcore.cli.train import main as train
 
     seconds = []
     for args in json.loads(plan.read_text()):
         t0 = time.time()
-        train(args)
+        if args[0] == "synth":
+            synth(args[1:])
+            if dist.is_initialized():
+                dist.barrier()  # rank 0 writes the pairs the next stage reads
+        else:
+            train(args)
         seconds.append(time.time() - t0)
     if not dist.is_initialized() or dist.get_rank() == 0:
         plan.with_suffix(".seconds.json").write_text(json.dumps(seconds))

@@ -3,7 +3,9 @@
 * ``{"chosen": [messages], "rejected": [messages]}``: two whole conversations that share every message
   but the final assistant turn (allenai/llama-3.1-tulu-3-*-preference-mixture);
 * ``{"prompt": str | [messages], "chosen": str | [messages], "rejected": str | [messages]}``: a string
-  prompt is one user turn; a string response is one assistant turn appended to the prompt.
+  prompt is one user turn; a string response is one assistant turn appended to the prompt; responses
+  that already begin with the prompt (the released mixtures carry ``prompt`` beside whole
+  conversations) are taken as they are.
 
 Both sides are rendered and labelled like SFT (every assistant turn trained). Problems, each with the
 example's origin: a missing field, sides that are not conversations, sides that do not share a prompt,
@@ -38,8 +40,10 @@ def pair_from_row(row) -> tuple[list[dict], list[dict]]:
         raise ConversationError("missing field", f"missing field(s) {', '.join(missing)}")
     if "prompt" in row:
         prompt = _as_messages(row["prompt"], "user")
-        chosen = prompt + _as_messages(row["chosen"], "assistant")
-        rejected = prompt + _as_messages(row["rejected"], "assistant")
+        chosen, rejected = _as_messages(row["chosen"], "assistant"), _as_messages(row["rejected"], "assistant")
+        # the released Tülu mixtures carry the prompt string beside whole conversations that begin with it
+        if not (chosen[:len(prompt)] == prompt and rejected[:len(prompt)] == prompt and len(chosen) > len(prompt)):
+            chosen, rejected = prompt + chosen, prompt + rejected
     else:
         chosen, rejected = _as_messages(row["chosen"], "assistant"), _as_messages(row["rejected"], "assistant")
     for side, msgs in (("chosen", chosen), ("rejected", rejected)):

@@ -30,6 +30,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 BUILTIN = {"builtin:sft-demo": BUILTIN_DIR / "sft_demo.jsonl",
            "builtin:preference-demo": BUILTIN_DIR / "preference_demo.jsonl",
            "builtin:rlvr-demo": BUILTIN_DIR / "rlvr_demo.jsonl",
+           "builtin:judge-demo": BUILTIN_DIR / "judge_demo.jsonl",  # judge lessons in tulu-synth's short format
            "builtin:rlvr-heldout": BUILTIN_DIR / "rlvr_heldout.jsonl"}  # tulu-demo's held-out prompts
 TINY_TOKENIZER = BUILTIN_DIR / "tiny_tokenizer"
 

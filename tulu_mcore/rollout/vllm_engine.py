@@ -148,18 +148,36 @@ class VllmEngine:
             log(f"connected to the vLLM engine at {opts.address}")
             return cls(conn, dtype=dtype, **common)
         python = _python(opts)
-        where = common["run_dir"] / ENGINE_DIR
         model_dir = write_engine_config(common["run_dir"], arch, dtype)
+        cmd = server_command(python, model_dir, cfg, "--exit-with-client")
+        return cls._spawn(python, cmd, common["run_dir"] / ENGINE_DIR, opts, log, dtype=dtype, **common)
+
+    @classmethod
+    def serve(cls, cfg, hf_dir: Path, *, eos_id: int, work_dir: Path, log=print) -> "VllmEngine":
+        """An engine on this machine serving the weights of the HF directory `hf_dir` as they are (data
+        synthesis: no trainer, no pushes); its log and ready file in `work_dir`."""
+        from tulu_mcore.dtypes import TORCH_DTYPES
+
+        opts = cfg.rlvr.vllm
+        python = _python(opts)
+        cmd = server_command(python, Path(hf_dir), cfg, "--exit-with-client", "--load-weights")
+        return cls._spawn(python, cmd, Path(work_dir), opts, log, dtype=TORCH_DTYPES[cfg.precision.params_dtype],
+                          eos_id=eos_id, opts=opts, run_dir=Path(work_dir), ckpts=None)
+
+    @classmethod
+    def _spawn(cls, python: str, cmd: list[str], where: Path, opts, log, **common) -> "VllmEngine":
+        """Start the engine server `cmd` (its log and ready file in `where`) and connect to it."""
+        where.mkdir(parents=True, exist_ok=True)
         ready, log_file = where / "ready.json", where / "vllm.log"
         ready.unlink(missing_ok=True)
         key = secrets.token_hex(16)
         env = engine_env(python, key, devices=opts.devices, extra=opts.env)
-        cmd = server_command(python, model_dir, cfg, "--ready-file", str(ready), "--exit-with-client")
+        cmd = [*cmd, "--ready-file", str(ready)]
         t0 = time.time()
         log(f"starting the vLLM engine ({python}); its log: {log_file}")
         with open(log_file, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        engine = cls(None, proc=proc, log=log_file, dtype=dtype, **common)
+        engine = cls(None, proc=proc, log=log_file, **common)
         atexit.register(engine._stop_process)  # never leave an engine behind, whatever ends the trainer
         while not ready.is_file():
             if proc.poll() is not None:

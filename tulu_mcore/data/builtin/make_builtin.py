@@ -12,6 +12,8 @@
 * ``rlvr_demo.jsonl``: prompts with verifiable answers in the RLVR format (``messages``, ``ground_truth``,
   ``dataset``): arithmetic problems (``gsm8k``: the exact number) and instructions with checkable
   constraints (``ifeval``: capital letters, a word repeated N times, no commas).
+* ``judge_demo.jsonl``: judge lessons (a demo prompt and response, an aspect, ``Rating: N``) in
+  tulu-synth's short judge format; tulu-demo's SFT stage trains on them beside the conversations.
 * ``rlvr_heldout.jsonl``: held-out prompts in the same format, with names, items and words no training
   row uses (tulu-demo decontaminates the training data against them and scores each stage on them).
 * ``tiny_tokenizer/``: a byte-level BPE with 512 entries trained on that data (the `tiny` model's
@@ -208,6 +210,47 @@ def heldout_prompts(n: int = 64, seed: int = 3) -> list[dict]:
     return rows
 
 
+# tulu-synth's short judge prompt (judge.template=single; tulu_mcore/synth/judge.py, whose tests check
+# that these rows use it verbatim)
+JUDGE_ASPECTS = {"helpfulness": "helpfulness", "instruction_following": "instruction following", "honesty": "honesty",
+                 "truthfulness": "truthfulness"}
+
+
+def judge_prompt(aspect: str, instruction: str, response: str) -> str:
+    na = ", or N/A for creative writing" if aspect == "honesty" else ""
+    return (f"Rate the response's {JUDGE_ASPECTS[aspect]}: 1 (worst) to 5 (best){na}; reply \"Rating: N\".\n"
+            f"Instruction: {instruction}\nResponse: {response}")
+
+
+def judge_conversations(n: int = 64, seed: int = 20) -> list[dict]:
+    """The demo's judge lessons: a demo prompt, a response (the exact answer, or a wrong one, or the
+    answer without the asked format), one aspect, and the rating: 4-5 for the exact answer, 1-2
+    otherwise. SFT on them teaches the tiny model the judge's answer format, so that tulu-demo's
+    on-policy stage can use the SFT model as its own judge."""
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        kind = rng.random()
+        if kind < 0.3:
+            f = formatted(rng)
+            prompt, good, poor = f["messages"][0]["content"], f["messages"][1]["content"], f["plain"]
+        else:
+            conv = arithmetic(rng) if kind < 0.7 else instruction(rng)
+            msgs = [m for m in conv["messages"] if m["role"] != "system"][-2:]
+            prompt, good = msgs[0]["content"], msgs[1]["content"]
+            poor = _wrong(good, rng)
+        if poor == good:
+            continue
+        right = rng.random() < 0.5
+        aspect = rng.choice(sorted(JUDGE_ASPECTS))
+        rating = rng.choice([4, 5]) if right else rng.choice([1, 2])
+        response = good if right else poor
+        rows.append({"messages": [{"role": "user", "content": judge_prompt(aspect, prompt, response)},
+                                  {"role": "assistant", "content": f"Rating: {rating}"}],
+                     "aspect": aspect, "instruction": prompt, "response": response})
+    return rows
+
+
 def train_tokenizer(texts: list[str], out: Path, vocab_size: int = 512) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -244,6 +287,9 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
     with open(out / "rlvr_demo.jsonl", "w") as f:
         for row in rlvr_prompts() + formatted_prompts():
+            f.write(json.dumps(row) + "\n")
+    with open(out / "judge_demo.jsonl", "w") as f:
+        for row in judge_conversations():
             f.write(json.dumps(row) + "\n")
     with open(out / "rlvr_heldout.jsonl", "w") as f:
         for row in heldout_prompts():
