@@ -17,6 +17,28 @@ def test_demo_pipeline_learns_at_every_stage(demo_runs):
     assert f"RLVR (GRPO): {r['steps']} steps" in out and "the exported RLVR model, asked" in out
 
 
+def test_demo_makes_on_policy_pairs_judged_by_its_sft_model_and_trains_dpo_on_them(demo_runs):
+    """tulu-synth preferences on the megatron engine inside the demo's launch: two completions of each
+    prompt from the SFT checkpoint, rated by the judge (the SFT model taught the judge's answer format by
+    the built-in lessons), binarized; DPO on those pairs learns them."""
+    s = json.loads((demo_runs / "summary.json").read_text())["onpolicy"]
+    rep = json.loads((demo_runs / "onpolicy" / "report.json").read_text())
+    pairs = [json.loads(line) for line in (demo_runs / "onpolicy" / "pairs.jsonl").read_text().splitlines()]
+    assert rep["engine"] == "megatron" and rep["prompts"] == s["prompts"] == 48
+    assert len(pairs) == s["pairs"] == rep["outcomes"]["pair"] >= 10, rep["outcomes"]
+    # every judged prompt is accounted for: a pair, or the reason it has none
+    assert sum(rep["outcomes"].values()) == 48 and rep["judge_parse_failure_rate"] < 0.2, rep
+    assert rep["judge_requests"] >= 4 * 2 * (48 - rep["outcomes"].get("fewer_than_two_completions", 0))
+    for p in pairs:
+        assert p["chosen_model"] == p["rejected_model"] == "policy" and p["chosen_rating"] > p["rejected_rating"]
+        assert p["chosen"][:-1] == p["rejected"][:-1] and p["chosen"][-1] != p["rejected"][-1]
+    shards = sorted(x.name for x in (demo_runs / "onpolicy" / "ratings").glob("shard-*.jsonl"))
+    assert shards == [f"shard-{k:05d}.jsonl" for k in range(4)]  # 48 prompts, shard_size=12, both ranks
+    assert s["dpo_loss_last"] < s["dpo_loss_first"] and s["dpo_accuracy_last_quarter"] > s["dpo_accuracy_first_quarter"]
+    out = (demo_runs / "stdout.txt").read_text()
+    assert f"data.train={demo_runs / 'onpolicy' / 'pairs.jsonl'}" in out and "DPO on the on-policy pairs" in out
+
+
 def test_demo_decontaminates_then_scores_every_stage_on_held_out_prompts(demo_runs):
     s = json.loads((demo_runs / "summary.json").read_text())
     d = s["decontamination"]
@@ -24,8 +46,9 @@ def test_demo_decontaminates_then_scores_every_stage_on_held_out_prompts(demo_ru
     assert d["removed"] == sum(f["removed"] for f in report["filtered"].values()) > 0
     assert d["training_rows"] == sum(f["rows"] for f in report["filtered"].values())
     # every stage trained on the filtered copies
-    for stage, name in (("sft", "sft_demo.jsonl"), ("dpo", "preference_demo.jsonl"), ("rlvr", "rlvr_demo.jsonl")):
-        assert f"data.train={demo_runs / 'decontam' / name}" in (demo_runs / "stdout.txt").read_text()
+    out = (demo_runs / "stdout.txt").read_text()
+    for name in ("sft_demo.jsonl", "judge_demo.jsonl", "preference_demo.jsonl", "rlvr_demo.jsonl"):
+        assert f"data.train={demo_runs / 'decontam' / name}" in out
     h = s["heldout"]
     # the stages move the held-out score: the trained response formats generalise to new questions
     assert h["SFT"]["verified"] < h["DPO"]["verified"] < h["RLVR"]["verified"], h
@@ -35,7 +58,7 @@ def test_demo_decontaminates_then_scores_every_stage_on_held_out_prompts(demo_ru
         assert rec["scores"]["demo_tulu"]["n"] == 64 and rec["settings"]["backend"] == "hf"
         assert rec["scores"]["demo_tulu"]["value"] == h[stage.upper()]["verified"]
     table = (demo_runs / "eval.md").read_text()
-    assert table.startswith("| task | SFT | DPO | RLVR |") and "(constraints)" in table
+    assert table.startswith("| task | SFT | DPO | RLVR | DPO-onpolicy |") and "(constraints)" in table
     assert (demo_runs / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

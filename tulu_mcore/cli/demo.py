@@ -4,15 +4,15 @@
    prompts (new arithmetic problems; new questions asking for a trained response format): the stages
    train on the filtered copies in ``<out>/decontam/``, whose report says what overlapped.
 1. Tülu 3 SFT of the tiny Llama (random weights, the built-in tokenizer) on the built-in demo
-   conversations and judge lessons (rating a response to a demo prompt, in tulu-synth's short judge
-   format), with checkpoints and a Hugging Face export: ``tulu-train recipe=sft model=tiny`` with the
-   run directory below.
-2. On-policy preference pairs (``tulu-synth preferences``, megatron engine, in the same ranks): two
-   completions of each of 48 demo prompts from the SFT checkpoint, each rated on Tülu 3's four aspects
-   by the SFT model itself as judge, binarized into chosen/rejected and decontaminated
+   conversations, with checkpoints and a Hugging Face export: ``tulu-train recipe=sft model=tiny`` with
+   the run directory below.
+2. On-policy preference pairs: a judge (the SFT model taught the judge's answer format by a short SFT
+   on the built-in judge lessons, ``<out>/judge``), then ``tulu-synth preferences`` on the megatron
+   engine in the same ranks: two completions of each of 48 demo prompts from the SFT checkpoint, each
+   rated by the judge on Tülu 3's four aspects, binarized into chosen/rejected and decontaminated
    (``<out>/onpolicy/``: pairs.jsonl, report.md); then a short DPO of the SFT model on those pairs
-   (``<out>/dpo_onpolicy``), scored on the held-out prompts beside the main chain. A tiny model's
-   self-judgements are noisy: the main chain's DPO keeps to the built-in pairs.
+   (``<out>/dpo_onpolicy``), scored on the held-out prompts beside the main chain. A tiny judge is
+   noisy: the main chain's DPO keeps to the built-in pairs.
 3. Tülu 3 DPO of the SFT model on the built-in preference pairs (correct vs wrong answers), the
    reference log-probs cached before training: ``tulu-train recipe=dpo model.init=<the SFT run>``.
 4. RL with verifiable rewards (GRPO, Tülu 3.1) from the DPO model on the built-in verifiable prompts
@@ -97,17 +97,20 @@ def main(argv: list[str] | None = None) -> None:
         _say(f"removing the previous demo run in {out}")
         shutil.rmtree(out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    sft_dir, dpo_dir, rl_dir, onp_dir = out / "sft", out / "dpo", out / "rlvr", out / "dpo_onpolicy"
+    sft_dir, dpo_dir, rl_dir = out / "sft", out / "dpo", out / "rlvr"
+    judge_dir, onp_dir = out / "judge", out / "dpo_onpolicy"
     clean = _decontaminate(out)
     # 10 passes over the 600 demo conversations: the recipe's 2 are enough for real models, not for
     # a randomly initialised tiny one to learn the answers' format; DPO's and RL's LRs are the largest
     # that still move the held-out score up rather than wreck the model's generation
     sft_args = ["recipe=sft", "model=tiny", f"run.dir={sft_dir}", f"runtime.device={device}", "train.epochs=10",
-                f"data.cache_dir={out / 'cache'}", f"data.train={_mixture(clean['sft'], clean['judge'])}",
-                *args.overrides]
+                f"data.cache_dir={out / 'cache'}", f"data.train={clean['sft']}", *args.overrides]
+    judge_args = ["recipe=sft", f"model.init={sft_dir}", f"run.dir={judge_dir}", f"runtime.device={device}",
+                  "train.epochs=6", "train.global_batch_size=8", f"data.cache_dir={out / 'cache'}",
+                  f"data.train={clean['judge']}"]
     onpolicy = out / "onpolicy"
     synth_args = ["synth", "preferences", f"prompts=[{clean['dpo']}]", "limit=48", f"policy={sft_dir}",
-                  f"judge.model={sft_dir}", "judge.template=single", "judge.max_new_tokens=8", "judge.retries=2",
+                  f"judge.model={judge_dir}", "judge.template=single", "judge.max_new_tokens=8", "judge.retries=2",
                   "completions_per_model=2", "sampling.max_new_tokens=32", "engine.kind=megatron",
                   f"engine.device={device}", "engine.max_model_len=256", "shard_size=12", f"out={onpolicy}",
                   f"decontam.eval=[{BUILTIN['builtin:rlvr-heldout']}]"]
@@ -119,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     # one pass over the 320 demo prompts (8 per step, 8 samples each)
     rl_args = ["recipe=rlvr_grpo", f"model.init={dpo_dir}", f"run.dir={rl_dir}", f"runtime.device={device}",
                "train.epochs=1", "optim.lr=6e-4", f"data.train={clean['rlvr']}"]
-    sft_s, synth_s, onp_s, dpo_s, rl_s = _train([sft_args, synth_args, onpolicy_args, dpo_args, rl_args], args.ranks,
-                                                device, out)
+    sft_s, judge_s, synth_s, onp_s, dpo_s, rl_s = _train(
+        [sft_args, judge_args, synth_args, onpolicy_args, dpo_args, rl_args], args.ranks, device, out)
 
     ckpt = resolve_checkpoint(sft_dir)
     result, ok = verify(VerifyArgs(str(sft_dir / "hf"), str(ckpt), tp=2, device=device))
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     losses = [r["loss"] for r in sft]
     tps = sum(r["tokens"] for r in sft) / sum(r["step_time_s"] for r in sft)
     eff = sum(r["packing_efficiency"] for r in sft) / len(sft)
-    _say(f"SFT: {len(sft)} steps in {sft_s:.0f}s (with start-up: {args.ranks} ranks started for the three stages); "
+    _say(f"SFT: {len(sft)} steps in {sft_s:.0f}s (with start-up: {args.ranks} ranks started once for every stage); "
          f"loss per conversation "
          f"{losses[0]:.2f} -> {losses[-1]:.2f} (per token {sft[0]['token_mean_loss']:.3f} -> "
          f"{sft[-1]['token_mean_loss']:.3f})")
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     onp = json.loads((onpolicy / "report.json").read_text())
     gen, jt = onp["throughput"]["completions-policy"], onp["throughput"]["judge"]
     _say(f"on-policy pairs: {onp['outputs']['pairs']['rows']} pairs from {onp['prompts']} prompts in {synth_s:.0f}s "
-         f"(outcomes {onp['outcomes']}); the SFT model as judge: {onp['judge_requests']} requests, parse failure "
+         f"(outcomes {onp['outcomes']}); the judge (SFT + {judge_s:.0f}s on the judge lessons): "
+         f"{onp['judge_requests']} requests, parse failure "
          f"rate {onp['judge_parse_failure_rate']:.0%} ({onp['judge_recovered_by_retry']} recovered by asking again); "
          f"generation {gen['tokens_per_s']:.0f} tokens/s, judge {jt['prompts_per_s']:.1f} requests/s per rank")
     oq = max(1, len(odpo) // 4)
@@ -216,11 +220,6 @@ def _decontaminate(out: Path) -> dict:
          f"(report: {out / 'decontam' / 'report.md'})")
     clean["summary"] = {"training_rows": total, "removed": removed, "contaminated_sources": contaminated}
     return clean
-
-
-def _mixture(*paths) -> str:
-    """A data.train override naming several files (a mixture, every row of each)."""
-    return "[" + ", ".join(f"{{path: {p}}}" for p in paths) + "]"
 
 
 def _evaluate(out: Path, stages: dict[str, Path]) -> dict:

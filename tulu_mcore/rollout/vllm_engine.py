@@ -150,7 +150,7 @@ class VllmEngine:
         python = _python(opts)
         model_dir = write_engine_config(common["run_dir"], arch, dtype)
         cmd = server_command(python, model_dir, cfg, "--exit-with-client")
-        return cls._spawn(python, cmd, common["run_dir"] / ENGINE_DIR, opts, log, dtype=dtype, **common)
+        return cls._spawn(python, cmd, common["run_dir"] / ENGINE_DIR, log, dtype=dtype, **common)
 
     @classmethod
     def serve(cls, cfg, hf_dir: Path, *, eos_id: int, work_dir: Path, log=print) -> "VllmEngine":
@@ -161,12 +161,13 @@ class VllmEngine:
         opts = cfg.rlvr.vllm
         python = _python(opts)
         cmd = server_command(python, Path(hf_dir), cfg, "--exit-with-client", "--load-weights")
-        return cls._spawn(python, cmd, Path(work_dir), opts, log, dtype=TORCH_DTYPES[cfg.precision.params_dtype],
+        return cls._spawn(python, cmd, Path(work_dir), log, dtype=TORCH_DTYPES[cfg.precision.params_dtype],
                           eos_id=eos_id, opts=opts, run_dir=Path(work_dir), ckpts=None)
 
     @classmethod
-    def _spawn(cls, python: str, cmd: list[str], where: Path, opts, log, **common) -> "VllmEngine":
+    def _spawn(cls, python: str, cmd: list[str], where: Path, log, **common) -> "VllmEngine":
         """Start the engine server `cmd` (its log and ready file in `where`) and connect to it."""
+        opts = common["opts"]
         where.mkdir(parents=True, exist_ok=True)
         ready, log_file = where / "ready.json", where / "vllm.log"
         ready.unlink(missing_ok=True)

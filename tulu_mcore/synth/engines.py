@@ -87,12 +87,17 @@ class Engines:
         return bool(stage.pending()) or self.collective
 
     def open(self, path: str, label: str) -> TextGenerator:
-        if path not in self.open_:
+        """The model at `path` on the engine; one already open for the same weights is reused (a run
+        directory and its hf/ export are the same weights for vLLM)."""
+        from tulu_mcore.hub import resolve_pretrained
+
+        key = str(hf_dir_of(path) if self.opts.kind == "vllm" else resolve_pretrained(path, "model").resolve())
+        if key not in self.open_:
             self.close_all()  # one model in memory at a time
             self.log(f"opening {label} ({path}) on the {self.opts.kind} engine")
             make = _megatron if self.opts.kind == "megatron" else _vllm
-            self.open_[path] = make(path, self.opts, self.seed, self.work_dir / "engines" / label, label)
-        return self.open_[path]
+            self.open_[key] = make(path, self.opts, self.seed, self.work_dir / "engines" / label, label)
+        return self.open_[key]
 
     def close_all(self) -> None:
         for g in self.open_.values():

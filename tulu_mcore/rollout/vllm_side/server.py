@@ -59,10 +59,22 @@ def engine_kwargs(args) -> dict:
         kwargs["weight_transfer_config"] = {"backend": BACKEND}
     if args.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
+    if _on_cpu():
+        # vLLM's CPU build fails a seeded request whose prompt is split over scheduler steps ("CPU Generator
+        # does not use offset", vLLM 0.32): prompts go in whole
+        kwargs["enable_chunked_prefill"] = False
     if args.nnodes > 1:  # vLLM's ParallelConfig: nnodes/node_rank/master_addr/master_port, "mp" backend only
         kwargs.update(distributed_executor_backend="mp", nnodes=args.nnodes, node_rank=args.node_rank,
                       master_addr=args.master_addr, master_port=args.master_port)
     return kwargs
+
+
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return current_platform.is_cpu()
 
 
 def build_llm(args):
