@@ -244,3 +244,32 @@ def test_rl_job_trains_on_one_node_with_its_vllm_engine_on_two_others(slurm3, vl
     # by the trainer), checksummed and probed
     assert "[engine] collective weight transport: 2 worker(s) joined 1 sender(s) at 127.0.0.1:" in engine, engine[-3000:]
     assert all(x["weight_push_workers"] == 2 and x["weight_verify_s"] > 0 and x["weight_probe_gap"] <= 1e-3 for x in m)
+
+
+def test_synth_job_splits_its_shards_over_slurm_tasks(slurm, tmp_path):
+    """tulu-synth launcher.name=slurm: one srun step of 2 tasks; each writes its own shards (its
+    SLURM_PROCID of SLURM_NTASKS), task 0 waits for all and writes the final rows, equal to a run here."""
+    import json
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Describe the harbor of town number {i}."}) + "\n"
+                               for i in range(24)))
+    common = ["kind=ifeval", f"source=[{prompts}]", "shard_size=3", "decontam.enabled=false"]
+    out = tmp_path / "job"
+    proc = subprocess.run([sys.executable, "-m", "tulu_mcore.cli.synth", "rlvr", *common, f"out={out}",
+                           "launcher.name=slurm", "launcher.gpus=false", "launcher.ranks_per_node=2",
+                           "launcher.exclusive=false", "launcher.env_profile=none"],
+                          capture_output=True, text=True, cwd=ROOT, env=slurm.env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = proc.stdout.strip().splitlines()[-1]
+    info = slurm.wait(job)
+    log = (out / "logs" / f"slurm-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, log[-3000:])
+    assert "2 task(s)" in log and "rlvr: 24 rows" in log, log[-3000:]
+    # each task logs its own shards: 8 in all, 4 each
+    assert log.count("; 3 left for this task") == 2 and log.count("; 0 left for this task") == 2, log[-3000:]
+    here = tmp_path / "here"
+    subprocess.run([sys.executable, "-m", "tulu_mcore.cli.synth", "rlvr", *common, f"out={here}"], check=True,
+                   capture_output=True, cwd=ROOT)
+    assert (out / "rlvr.jsonl").read_text() == (here / "rlvr.jsonl").read_text()
+    assert (out / "synth.sbatch").stat().st_mode & 0o777 == 0o600

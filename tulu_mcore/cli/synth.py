@@ -23,7 +23,10 @@ process; HF directories, tulu-convert checkpoints or run directories; one whole 
 Resumable: work is cut into shards of shard_size items, each written whole; rerunning the same command
 skips the finished shards (a killed run loses only the shards in flight). Several tasks share a run:
 Slurm tasks (srun -n T: SLURM_PROCID / SLURM_NTASKS), torchrun ranks, or task=i tasks=T; task 0 waits
-for all shards and writes the final files. Every final file first passes tulu-decontam against
+for all shards and writes the final files. launcher.name=slurm writes OUT/synth.sbatch and submits it:
+launcher.nodes x launcher.ranks_per_node tasks, each with its own engine on engine.vllm.tp GPUs (the
+rest of tulu-launch's launcher keys apply: partition, account, time, container_*, env, setup, ...;
+launcher.dry_run=true prints the script). Every final file first passes tulu-decontam against
 decontam.eval (default preset:tulu3; decontam.enabled=false skips it); OUT/report.json and report.md
 count what each filter, the judge and decontamination removed, and the throughput of each stage.
 """
@@ -70,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
 
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         return
+    if cfg.launcher.name == "slurm":
+        _submit(cfg, verb, overrides, config_dir, argv)
+        return
     from tulu_mcore.runtime.logs import quiet_known_warnings
 
     quiet_known_warnings()
@@ -77,6 +83,37 @@ def main(argv: list[str] | None = None) -> None:
 
     module = importlib.import_module(f"tulu_mcore.synth.{verb}")
     module.run(cfg, log=lambda m: print(f"[tulu-synth {verb}] {m}", flush=True))
+
+
+def _submit(cfg, verb: str, overrides: list[str], config_dir: str | None, argv: list[str]) -> None:
+    """launcher.name=slurm: OUT/synth.sbatch (owner-only: launcher.env may hold secrets), submitted."""
+    import os
+    import shlex
+    from pathlib import Path
+
+    from tulu_mcore.launch.slurm import submit
+    from tulu_mcore.launch.synth_job import render_synth_sbatch
+
+    out = Path(cfg.out).absolute()
+    lc = cfg.launcher
+    args = [a for a in overrides if not a.lstrip("+~").split("=", 1)[0].split(".")[0] in ("launcher", "out")]
+    args += [f"out={out}"] + ([f"--config-dir={Path(config_dir).absolute()}"] if config_dir else [])
+    gpus = cfg.engine.vllm.tp if cfg.engine.kind == "vllm" else 1
+    script = render_synth_sbatch(lc, verb, args, out, gpus_per_task=gpus, workdir=str(Path.cwd()),
+                                 python=lc.python or ("python" if lc.container_image else sys.executable),
+                                 command_line=" ".join(shlex.quote(a) for a in argv))
+    if lc.dry_run:
+        print(script, end="")
+        return
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    path = out / "synth.sbatch"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(script)
+    job = submit(path)
+    print(f"submitted job {job} ({lc.nodes} node(s) x {lc.ranks_per_node} task(s)): {path}")
+    print(f"log: {out / 'logs' / f'slurm-{job}.out'}")
+    print(job)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tulu_mcore.config.schema import LauncherConfig
 from tulu_mcore.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -61,6 +62,9 @@ class Common:
     wait_timeout_s: int = 86400  # how long task 0 waits for the other tasks' shards
     engine: EngineOptions = field(default_factory=EngineOptions)
     decontam: Decontam = field(default_factory=Decontam)
+    # where it runs: local (this process; torchrun for several ranks) | slurm (OUT/synth.sbatch, submitted:
+    # launcher.nodes x launcher.ranks_per_node tasks, each with engine.vllm.tp GPUs); tulu-launch's keys
+    launcher: LauncherConfig = field(default_factory=lambda: LauncherConfig(ranks_per_node=1))
 
 
 @dataclass
@@ -167,6 +171,8 @@ def compose(verb: str, overrides: list[str], config_dir: str | None = None):
 
 
 def _check(verb: str, cfg) -> None:
+    if cfg.launcher.name not in ("local", "slurm"):
+        raise ConfigError(f"launcher.name={cfg.launcher.name!r}: local or slurm")
     if cfg.engine.kind not in ("vllm", "megatron"):
         raise ConfigError(f"engine.kind={cfg.engine.kind!r}: vllm or megatron")
     if cfg.shard_size < 1:

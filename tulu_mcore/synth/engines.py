@@ -12,7 +12,6 @@ Engines are opened once per model and reused (the policy and the judge may be on
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +77,9 @@ class Engines:
     def __init__(self, opts, work_dir: Path, *, seed: int, log=print):
         self.opts, self.work_dir, self.seed, self.log = opts, Path(work_dir), seed, log
         self.open_: dict[str, TextGenerator] = {}
-        # megatron in a launch of several ranks: loading a checkpoint is collective, so every rank opens
-        # each model, whether or not shards of its own are left
-        self.collective = opts.kind == "megatron" and int(os.environ.get("WORLD_SIZE", 1)) > 1
+        # megatron in a launch of several ranks (torchrun, srun): loading a checkpoint is collective, so
+        # every rank opens each model, whether or not shards of its own are left
+        self.collective = opts.kind == "megatron" and _world_size() > 1
 
     def needed(self, stage) -> bool:
         """Whether this task opens the stage's model: it has shards left, or opening is collective."""
@@ -103,6 +102,12 @@ class Engines:
         for g in self.open_.values():
             g.close()
         self.open_.clear()
+
+
+def _world_size() -> int:
+    from tulu_mcore.runtime.distributed import detect_env
+
+    return detect_env().world_size
 
 
 def run_config(opts, seed: int, extra: list[str] = ()):

@@ -20,14 +20,17 @@ from tulu_mcore.errors import UserError
 
 
 def task_of(cfg) -> tuple[int, int]:
-    """(this task, tasks): the config's task/tasks, else Slurm's SLURM_PROCID/SLURM_NTASKS, else
-    torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    """(this task, tasks): the config's task/tasks, else torchrun's RANK/WORLD_SIZE (also under srun +
+    torchrun), else Slurm's SLURM_PROCID/SLURM_NTASKS, else (0, 1)."""
+    env = os.environ
     if cfg.task is not None or cfg.tasks is not None:
         task, tasks = cfg.task or 0, cfg.tasks or 1
-    elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
-        task, tasks = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+    elif "RANK" in env and "WORLD_SIZE" in env:
+        task, tasks = int(env["RANK"]), int(env["WORLD_SIZE"])
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        task, tasks = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
     else:
-        task, tasks = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        task, tasks = 0, 1
     if not 0 <= task < tasks:
         raise UserError(f"task={task} of tasks={tasks}: expected 0 <= task < tasks")
     return task, tasks
