@@ -340,3 +340,29 @@ def test_rlvr_verb_writes_verifiable_decontaminated_rows(tmp_path, capsys):
     main(["rlvr", "kind=ifeval", f"source=[{prompts}]", f"out={tmp_path / 'i'}", "decontam.enabled=false"])
     assert "all 1 shard(s) of this task done before" in capsys.readouterr().out and rerun
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+
+
+def test_cli_explains_itself_and_names_mistakes(capsys, tmp_path):
+    from tulu_mcore.cli.synth import main
+
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert "Verbs:" in out and all(v in out for v in ("personas", "preferences", "rlvr", "launcher.name=slurm"))
+    with pytest.raises(SystemExit) as e:
+        main(["persona"])
+    assert e.value.code != 0 and "unknown verb 'persona'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["rlvr", "out=o", "source=[a]", "kind=gsm"])
+    assert "kind='gsm': gsm8k, math or ifeval" in capsys.readouterr().err
+    main(["rlvr", "out=o", "source=[a]", "--print-config"])
+    assert "kind: gsm8k" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "no hashes"}\n')
+    with pytest.raises(SystemExit):
+        main(["rlvr", f"out={tmp_path / 'o'}", f"source=[{bad}]"])
+    assert f"{bad}:1:" in capsys.readouterr().err
+    main(["rlvr", f"out={tmp_path / 'o'}", f"source=[{bad}]", "launcher.name=slurm", "launcher.dry_run=true",
+          "launcher.nodes=2", "launcher.ranks_per_node=4", "engine.vllm.tp=2"])
+    script = capsys.readouterr().out
+    assert "#SBATCH --gpus-per-task=2" in script and "srun --kill-on-bad-exit=0 --nodes=2 --ntasks=8" in script
+    assert f"out={tmp_path / 'o'}" in script and "launcher." not in script.split("srun", 1)[1]
