@@ -104,20 +104,45 @@ def test_scripted_judge_binarizes_to_the_expected_pairs():
     assert stats["malformed"] == 4 and stats["recovered_by_retry"] == 1 and stats["failed_after_retries"] == 1
     # 5 judged prompts x their texts x 4 aspects, then the 3 + 1 asked again
     assert stats["requests"] == (3 + 2 + 2 + 2 + 2) * 4 + 2 + 1
-    assert by["na"]["ratings"]["honesty"] == [None, 1.0]
+    na_order = [c["text"] for c in by["na"]["completions"]]
+    assert by["na"]["ratings"]["honesty"] == [None if t == "F1" else 1.0 for t in na_order]
     results = {r["id"]: pair_of(cfg, r) for r in rows if not r["dropped"]}
     assert {k: why for k, (_, why) in results.items()} == {"tie": "pair", "equal": "all_equal", "retried": "pair",
                                                            "na": "pair"}
     tie = results["tie"][0]
-    # chosen: the first of the two 5s; rejected: the only strictly lower one (never the tied A2)
-    assert tie["chosen"][-1]["content"] == "A1" and tie["rejected"][-1]["content"] == "A3"
-    assert (tie["chosen_rating"], tie["rejected_rating"], tie["ratings"]) == (5.0, 2.0, [5.0, 5.0, 2.0])
-    assert (tie["chosen_model"], tie["rejected_model"], tie["models"]) == ("policy", "pool", ["policy", "policy", "pool"])
+    # the judge saw the completions in a seeded random order: each rating stays with its text
+    order = [c["text"] for c in by["tie"]["completions"]]
+    assert sorted(order) == ["A1", "A2", "A3"] and tie["ratings"] == [float(RATING[t]) for t in order]
+    assert tie["models"] == ["pool" if t == "A3" else "policy" for t in order]
+    # chosen: the first of the two 5s in that order; rejected: the only strictly lower one (never the tie)
+    first5 = next(t for t in order if RATING[t] == 5)
+    assert tie["chosen"][-1]["content"] == first5 and tie["rejected"][-1]["content"] == "A3"
+    assert (tie["chosen_rating"], tie["rejected_rating"]) == (5.0, 2.0)
+    assert (tie["chosen_model"], tie["rejected_model"]) == ("policy", "pool")
+    # the order is a function of the seed and the prompt: the same on a rerun
+    again, _ = rate_rows(cfg, ScriptedJudge(scripted), *rows_and_completions(), ["policy", "pool"], seed=11,
+                         timer=Timer())
+    assert [c["text"] for c in again[0]["completions"]] == order
     assert tie["chosen"][0] == {"role": "user", "content": "question tie"} and tie["prompt"] == "question tie"
     retried = results["retried"][0]
     assert (retried["chosen"][-1]["content"], retried["rejected"][-1]["content"]) == ("E1", "E2")
     na = results["na"][0]
     assert (na["chosen_rating"], na["rejected_rating"]) == (4.0, 1.0)  # N/A left out of F1's mean
+
+
+def test_a_judge_prompt_too_long_is_dropped_not_retried():
+    class TooLong(ScriptedJudge):
+        def chat(self, convs, **kw):
+            out = super().chat(convs, **kw)
+            return [None if "B1" in c[-1]["content"] else o for c, o in zip(convs, out)]
+
+    prompts, comps = rows_and_completions()
+    j = TooLong(scripted)
+    rows, stats = rate_rows(cfg_for(), j, prompts, comps, ["policy", "pool"], seed=11, timer=Timer())
+    by = {r["id"]: r for r in rows}
+    assert by["equal"]["dropped"] == "judge_prompt_too_long" and stats["judge_prompt_too_long"] == 1
+    assert by["malformed"]["dropped"] == "judge_failed"  # the other drops as before
+    assert not any(c[2] == "B1" and c[3] > 0 for c in j.calls)  # never asked again
 
 
 def test_tulu3_compat_reproduces_the_released_binarization():
@@ -218,15 +243,29 @@ def test_every_constraint_category_draws_a_checkable_ground_truth():
     assert ifeval.verify("no commas here", c.ground_truth()) and not ifeval.verify("a, b", c.ground_truth())
     c = cons.draw("startend:end checker", rng)
     assert ifeval.verify("Sure. " + c.args["end_phrase"], c.ground_truth())
-    for seed in range(50):
+    for seed in range(300):
         drawn = cons.sample(random.Random(seed), 3)
-        cats = [x.category for x in drawn]
-        assert len(set(cats)) == 3
-        assert not {"change case:english capital", "change case:english lowercase"} <= set(cats)
+        cats = {x.category for x in drawn}
+        assert len(cats) == 3
+        for pair in ({"change case:english capital", "change case:english lowercase"},
+                     {"startend:quotation", "startend:end checker"},
+                     {"change case:english lowercase", "detectable content:postscript"}):
+            assert not pair <= cats
+        forbidden = [x for x in drawn if x.func_name == "validate_forbidden_words"]
+        asked = {w for x in drawn for w in x.args.get("keyword_list", []) + [x.args.get("word")] if w}
+        assert not forbidden or not set(forbidden[0].args["forbidden_words"]) & asked
 
 
 def test_filters():
     assert filters.majority(["42", "42", " 42.", "7"], 0.5) == "42"
+    # answers keep their own form: a tuple's comma stays, thousands separators compare equal
+    assert filters.majority(["(3, 4)", "(3,4)", "(3, 4)"], 0.5) == "(3, 4)"
+    assert filters.majority(["1,000", "1000", "7"], 0.5) == "1,000"
+    from tulu_mcore.synth.templates import answer_of
+
+    assert answer_of("grade_math", "3 + 15 = 18\n#### 18 dollars") == "18"
+    assert answer_of("grade_math", "#### $1,250.") == "1250"
+    assert answer_of("math", "Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.") == "\\frac{1}{2}"
     assert filters.majority(["42", "42", "7", None], 0.5) is None  # 2 of 4 is no majority
     assert filters.majority([None, None], 0.5) is None
     texts = ["Tom has five apples and buys three more at the store today. How many apples does he have?",
@@ -270,6 +309,9 @@ def test_configs_name_the_mistake(tmp_path):
         compose("personas", [])
     with pytest.raises(ConfigError, match="judge.template='x'"):
         compose("preferences", ["out=o", "prompts=[p.jsonl]", "policy=m", "judge.model=j", "judge.template=x"])
+    with pytest.raises(ConfigError, match="judge.template=ultrafeedback"):
+        compose("preferences", ["out=o", "prompts=[p.jsonl]", "pool=[a,b]", "judge.model=j", "judge.template=single",
+                                "tulu3_compat=true"])
     with pytest.raises(ConfigError, match="completions_per_model=2"):
         compose("preferences", ["out=o", "prompts=[p.jsonl]", "policy=m", "judge.model=j"])
     with pytest.raises(UserError, match="nosuchkey"):
@@ -365,4 +407,5 @@ def test_cli_explains_itself_and_names_mistakes(capsys, tmp_path):
           "launcher.nodes=2", "launcher.ranks_per_node=4", "engine.vllm.tp=2"])
     script = capsys.readouterr().out
     assert "#SBATCH --gpus-per-task=2" in script and "srun --kill-on-bad-exit=0 --nodes=2 --ntasks=8" in script
-    assert f"out={tmp_path / 'o'}" in script and "launcher." not in script.split("srun", 1)[1]
+    job = script.split("srun", 1)[1]
+    assert f"out={tmp_path / 'o'}" in job and "launcher.name=local" in job and "launcher.nodes" not in job

@@ -24,8 +24,8 @@ Resumable: work is cut into shards of shard_size items, each written whole; reru
 skips the finished shards (a killed run loses only the shards in flight). Several tasks share a run:
 Slurm tasks (srun -n T: SLURM_PROCID / SLURM_NTASKS), torchrun ranks, or task=i tasks=T; task 0 waits
 for all shards and writes the final files. launcher.name=slurm writes OUT/synth.sbatch and submits it:
-launcher.nodes x launcher.ranks_per_node tasks, each with its own engine on engine.vllm.tp GPUs (the
-rest of tulu-launch's launcher keys apply: partition, account, time, container_*, env, setup, ...;
+launcher.nodes x launcher.ranks_per_node tasks, each with its own engine on engine.vllm.tp GPUs (with
+tulu-launch's partition, account, time, container_*, env, setup, sbatch_args, ... keys;
 launcher.dry_run=true prints the script). Every final file first passes tulu-decontam against
 decontam.eval (default preset:tulu3; decontam.enabled=false skips it); OUT/report.json and report.md
 count what each filter, the judge and decontamination removed, and the throughput of each stage.
@@ -96,8 +96,12 @@ def _submit(cfg, verb: str, overrides: list[str], config_dir: str | None, argv: 
 
     out = Path(cfg.out).absolute()
     lc = cfg.launcher
-    args = [a for a in overrides if not a.lstrip("+~").split("=", 1)[0].split(".")[0] in ("launcher", "out")]
-    args += [f"out={out}"] + ([f"--config-dir={Path(config_dir).absolute()}"] if config_dir else [])
+    # the job's tasks run here (launcher.name=local, whatever a --config-dir file says) and take their
+    # task number from Slurm
+    args = [a for a in overrides
+            if a.lstrip("+~").split("=", 1)[0].split(".")[0] not in ("launcher", "out", "task", "tasks")]
+    args += [f"out={out}", "launcher.name=local"]
+    args += [f"--config-dir={Path(config_dir).absolute()}"] if config_dir else []
     gpus = cfg.engine.vllm.tp if cfg.engine.kind == "vllm" else 1
     script = render_synth_sbatch(lc, verb, args, out, gpus_per_task=gpus, workdir=str(Path.cwd()),
                                  python=lc.python or ("python" if lc.container_image else sys.executable),

@@ -104,6 +104,8 @@ class VllmEngine:
         self.sender = None  # the collective transport's end on this rank, set up by the first push
         self.pending = False  # a submitted generation whose reply is not read yet
         self.ready = None  # its reply, read early because a weight update came after it
+        self.keys = "rlvr.vllm"  # the config section its settings come from, for messages
+        self.hint: str | None = None  # what a rerun does, when not resuming a run's checkpoint
 
     # ------------------------------------------------------------------------------ start-up
     @classmethod
@@ -153,19 +155,22 @@ class VllmEngine:
         return cls._spawn(python, cmd, common["run_dir"] / ENGINE_DIR, log, dtype=dtype, **common)
 
     @classmethod
-    def serve(cls, cfg, hf_dir: Path, *, eos_id: int, work_dir: Path, log=print) -> "VllmEngine":
+    def serve(cls, cfg, hf_dir: Path, *, eos_id: int, work_dir: Path, log=print, keys: str = "rlvr.vllm",
+              hint: str | None = None) -> "VllmEngine":
         """An engine on this machine serving the weights of the HF directory `hf_dir` as they are (data
-        synthesis: no trainer, no pushes); its log and ready file in `work_dir`."""
+        synthesis: no trainer, no pushes); its log and ready file in `work_dir`. `keys`: the config section
+        its messages name; `hint`: what a rerun does, for its error messages."""
         from tulu_mcore.dtypes import TORCH_DTYPES
 
         opts = cfg.rlvr.vllm
         python = _python(opts)
         cmd = server_command(python, Path(hf_dir), cfg, "--exit-with-client", "--load-weights")
         return cls._spawn(python, cmd, Path(work_dir), log, dtype=TORCH_DTYPES[cfg.precision.params_dtype],
-                          eos_id=eos_id, opts=opts, run_dir=Path(work_dir), ckpts=None)
+                          eos_id=eos_id, opts=opts, run_dir=Path(work_dir), ckpts=None, keys=keys, hint=hint)
 
     @classmethod
-    def _spawn(cls, python: str, cmd: list[str], where: Path, log, **common) -> "VllmEngine":
+    def _spawn(cls, python: str, cmd: list[str], where: Path, log, keys: str = "rlvr.vllm", hint: str | None = None,
+               **common) -> "VllmEngine":
         """Start the engine server `cmd` (its log and ready file in `where`) and connect to it."""
         opts = common["opts"]
         where.mkdir(parents=True, exist_ok=True)
@@ -179,12 +184,13 @@ class VllmEngine:
         with open(log_file, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         engine = cls(None, proc=proc, log=log_file, **common)
+        engine.keys, engine.hint = keys, hint
         atexit.register(engine._stop_process)  # never leave an engine behind, whatever ends the trainer
         while not ready.is_file():
             if proc.poll() is not None:
                 raise engine._fail("exited during start-up")
             if time.time() - t0 > opts.startup_timeout_s:
-                raise engine._fail(f"did not start within rlvr.vllm.startup_timeout_s={opts.startup_timeout_s}")
+                raise engine._fail(f"did not start within {keys}.startup_timeout_s={opts.startup_timeout_s}")
             time.sleep(0.5)
         info = json.loads(ready.read_text())
         engine.conn = Client((info["host"], info["port"]), authkey=bytes.fromhex(key))
@@ -203,6 +209,8 @@ class VllmEngine:
         return "\n".join(lines + [self._resume_hint()])
 
     def _resume_hint(self) -> str:
+        if self.hint:
+            return self.hint
         latest = self.ckpts.latest() if self.ckpts is not None else None
         return (f"the last checkpoint, {latest}, is intact: rerun the same command to resume from it"
                 if latest else "no checkpoint was written yet: rerun the same command to start again")
@@ -250,7 +258,7 @@ class VllmEngine:
             if self.proc is not None and self.proc.poll() is not None:
                 raise self._fail("exited")
             if time.time() > deadline:
-                raise self._fail(f"sent no reply within rlvr.vllm.timeout_s={self.opts.timeout_s}")
+                raise self._fail(f"sent no reply within {self.keys}.timeout_s={self.opts.timeout_s}")
         if not reply["ok"]:
             raise self._fail("refused a request:\n" + reply["error"])
         return reply

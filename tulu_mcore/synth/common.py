@@ -60,9 +60,10 @@ def throughput(stage_dir: Path) -> dict:
     for f in sorted(stage_dir.glob("stats-*.jsonl")):
         for r in read_jsonl(f):
             s.update(r)
-    secs = s["seconds"] or float("nan")
-    return {"prompts": s["prompts"], "tokens": s["tokens"], "seconds": round(s["seconds"], 3),
-            "prompts_per_s": round(s["prompts"] / secs, 3), "tokens_per_s": round(s["tokens"] / secs, 2)}
+    secs = s["seconds"]
+    return {"prompts": s["prompts"], "tokens": s["tokens"], "seconds": round(secs, 3),  # no generation: rates None
+            "prompts_per_s": round(s["prompts"] / secs, 3) if secs else None,
+            "tokens_per_s": round(s["tokens"] / secs, 2) if secs else None}
 
 
 def finish(cfg, outputs: dict[str, list[dict]], report: dict, log) -> dict:

@@ -32,7 +32,6 @@ class EngineOptions:
     device: str = "auto"  # megatron: auto | cpu | cuda
     precision: str | None = None  # default bf16 on GPUs, fp32 on CPUs
     max_model_len: int = 8192  # prompt + completion tokens; a longer prompt is skipped and counted
-    batch_prompts: int = 256  # prompts per engine call
     vllm: VllmOptions = field(default_factory=VllmOptions)
 
 
@@ -55,15 +54,18 @@ class Common:
     out: str = "???"  # output directory: shards per stage, the final files, report.json / report.md
     shard_size: int = 64  # items per shard: a killed run loses at most the shards in flight
     seed: int = 1234
-    # tasks that share the work (Slurm: one per srun task; default from SLURM_PROCID / SLURM_NTASKS, or the
-    # ranks of a torchrun launch); task 0 waits for every shard and writes the final files
+    # tasks that share the work (default: torchrun's RANK / WORLD_SIZE, else Slurm's SLURM_PROCID /
+    # SLURM_NTASKS); every task waits for a stage's shards before the next stage, and task 0 for the last
+    # stage's before it writes the final files
     task: int | None = None
     tasks: int | None = None
-    wait_timeout_s: int = 86400  # how long task 0 waits for the other tasks' shards
+    wait_timeout_s: int = 86400  # how long a task waits for the other tasks' shards
     engine: EngineOptions = field(default_factory=EngineOptions)
     decontam: Decontam = field(default_factory=Decontam)
     # where it runs: local (this process; torchrun for several ranks) | slurm (OUT/synth.sbatch, submitted:
-    # launcher.nodes x launcher.ranks_per_node tasks, each with engine.vllm.tp GPUs); tulu-launch's keys
+    # launcher.nodes x launcher.ranks_per_node tasks, each with engine.vllm.tp GPUs); tulu-launch's keys,
+    # of which the job uses: dry_run, nodes, ranks_per_node, gpus, partition, account, time, job_name,
+    # exclusive, cpus_per_task, container_*, env_profile, env, singleton, sbatch_args, python, setup
     launcher: LauncherConfig = field(default_factory=lambda: LauncherConfig(ranks_per_node=1))
 
 
@@ -188,6 +190,9 @@ def _check(verb: str, cfg) -> None:
 
         if cfg.judge.template not in TEMPLATES:
             raise ConfigError(f"judge.template={cfg.judge.template!r}: one of {', '.join(TEMPLATES)}")
+        if cfg.tulu3_compat and cfg.judge.template != "ultrafeedback" and cfg.pairs == "judge":
+            raise ConfigError("tulu3_compat=true parses judgements as the released pipeline did, which sent only "
+                              "judge.template=ultrafeedback (its parser rates a bare 'Rating: N' reply 1)")
         bad = [a for a in cfg.judge.aspects if a not in ASPECTS]
         if bad or not cfg.judge.aspects:
             raise ConfigError(f"judge.aspects={cfg.judge.aspects}: choose from {', '.join(ASPECTS)}")

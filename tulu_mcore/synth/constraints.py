@@ -41,6 +41,10 @@ def _words(rng: random.Random, k: int) -> list[str]:
     return rng.sample(WORDS, k)
 
 
+def _forbidden(words: list[str]) -> str:
+    return f"Do not include the words {words[0]!r} or {words[1]!r} in the response."
+
+
 def _draw(category: str, rng: random.Random, prompt: str) -> tuple[str, str, dict]:
     """(instruction, func_name, args) for one category."""
     n = rng.randint(2, 5)
@@ -53,8 +57,7 @@ def _draw(category: str, rng: random.Random, prompt: str) -> tuple[str, str, dic
         return f"The word {w!r} should appear exactly {n} times.", "verify_keyword_frequency", {"word": w, "N": n}
     if category == "keywords:forbidden words":
         kw = _words(rng, 2)
-        return (f"Do not include the words {kw[0]!r} or {kw[1]!r} in the response.", "validate_forbidden_words",
-                {"forbidden_words": kw})
+        return _forbidden(kw), "validate_forbidden_words", {"forbidden_words": kw}
     if category == "keywords:letter frequency":
         letter = rng.choice("abcdeghilmnoprstuy")
         n = rng.randint(3, 12)
@@ -151,18 +154,43 @@ def draw(category: str, rng: random.Random, prompt: str = "") -> Constraint:
     return Constraint(category, instruction, func, args)
 
 
-# categories whose constraints cannot hold together in one response (the persona prompts draw up to 3)
-_CLASHES = ({"change case:english capital", "change case:english lowercase", "change case:capital word frequency"},
-            {"detectable format:json format", "startend:quotation", "combination:two responses",
-             "detectable format:constrained response", "combination:repeat prompt"},
-            {"length constraints:number paragraphs", "length constraints:nth paragraph first word",
-             "detectable format:multiple sections"},
-            {"language:response language", "change case:english capital", "change case:english lowercase"})
+# categories whose constraints cannot hold together in one response (the persona prompts draw up to 3):
+# each group's members exclude each other
+_WHOLE_SHAPE = {"detectable format:json format", "startend:quotation", "combination:two responses",
+                "detectable format:constrained response", "combination:repeat prompt", "startend:end checker"}
+_CLASHES = (
+    {"change case:english capital", "change case:english lowercase", "change case:capital word frequency"},
+    _WHOLE_SHAPE,  # each fixes how the whole response begins or ends
+    {"length constraints:number paragraphs", "length constraints:nth paragraph first word",
+     "detectable format:multiple sections"},
+    {"language:response language", "change case:english capital", "change case:english lowercase"},
+    # the end phrase, "P.S.", the sections' "Section", the options' "My answer" hold capitals
+    {"change case:english lowercase", "startend:end checker"},
+    {"change case:english lowercase", "detectable content:postscript"},
+    {"change case:english lowercase", "detectable format:multiple sections"},
+    {"change case:english lowercase", "detectable format:constrained response"},
+    # all capitals cannot hold a lower-case letter count, a lower-case first word or the end phrase
+    {"change case:english capital", "keywords:letter frequency"},
+    {"change case:english capital", "length constraints:nth paragraph first word"},
+    {"change case:english capital", "startend:end checker"},
+    {"change case:english capital", "detectable format:constrained response"},
+    {"detectable content:postscript", "startend:end checker"},  # the postscript would follow the end phrase
+)
+_WORD_ARGS = ("keyword_list", "word", "first_word")
+
+
+def _words_of(c: Constraint) -> set[str]:
+    out = set()
+    for k in _WORD_ARGS:
+        v = c.args.get(k)
+        out.update(v if isinstance(v, list) else [v] if v else [])
+    return out
 
 
 def sample(rng: random.Random, k: int, categories=CATEGORIES, prompt: str = "") -> list[Constraint]:
     """k constraints of distinct categories that can hold together (Tülu 3's persona IF prompts: k in
-    1..3 drawn uniformly, distinct categories; the clash rule is ours: the seed file paired any)."""
+    1..3 drawn uniformly, distinct categories; the clash rules are ours: the seed file paired any), and
+    no forbidden word that another constraint asks for."""
     chosen: list[str] = []
     pool = list(categories)
     rng.shuffle(pool)
@@ -172,4 +200,12 @@ def sample(rng: random.Random, k: int, categories=CATEGORIES, prompt: str = "") 
         if any(c in group and any(o in group for o in chosen) for group in _CLASHES):
             continue
         chosen.append(c)
-    return [draw(c, rng, prompt) for c in chosen]
+    drawn = [draw(c, rng, prompt) for c in chosen]
+    for i, c in enumerate(drawn):
+        if c.func_name != "validate_forbidden_words":
+            continue
+        wanted = set().union(*(_words_of(o) for o in drawn if o is not c))
+        free = [w for w in WORDS if w not in wanted]
+        words = rng.sample(free, 2)
+        drawn[i] = Constraint(c.category, _forbidden(words), c.func_name, {"forbidden_words": words})
+    return drawn

@@ -74,8 +74,8 @@ def hf_dir_of(path: str) -> Path:
 class Engines:
     """The open engines of one verb, by model path; `open(path)` reuses one already open."""
 
-    def __init__(self, opts, work_dir: Path, *, seed: int, log=print):
-        self.opts, self.work_dir, self.seed, self.log = opts, Path(work_dir), seed, log
+    def __init__(self, opts, work_dir: Path, *, seed: int, task: int = 0, log=print):
+        self.opts, self.work_dir, self.seed, self.task, self.log = opts, Path(work_dir), seed, task, log
         self.open_: dict[str, TextGenerator] = {}
         # megatron in a launch of several ranks (torchrun, srun): loading a checkpoint is collective, so
         # every rank opens each model, whether or not shards of its own are left
@@ -95,7 +95,9 @@ class Engines:
             self.close_all()  # one model in memory at a time
             self.log(f"opening {label} ({path}) on the {self.opts.kind} engine")
             make = _megatron if self.opts.kind == "megatron" else _vllm
-            self.open_[key] = make(path, self.opts, self.seed, self.work_dir / "engines" / label, label)
+            # each task's engine keeps its own log and ready file
+            where = self.work_dir / "engines" / label / f"task-{self.task}"
+            self.open_[key] = make(path, self.opts, self.seed, where, label)
         return self.open_[key]
 
     def close_all(self) -> None:
@@ -138,9 +140,20 @@ def _vllm(path: str, opts, seed: int, work_dir: Path, label: str) -> TextGenerat
     from tulu_mcore.data.tokenizer import load_tokenizer
     from tulu_mcore.rollout.vllm_engine import VllmEngine
 
+    import os
+
+    v = opts.vllm
+    if not (v.python or os.environ.get("TULU_VLLM_PYTHON")):
+        raise UserError("engine.kind=vllm: name the vLLM environment's interpreter with engine.vllm.python=PATH or "
+                        "TULU_VLLM_PYTHON (scripts/vllm-env.sh builds the CPU one), or use engine.kind=megatron")
     hf = hf_dir_of(path)
     tok = load_tokenizer(hf)
-    engine = VllmEngine.serve(run_config(opts, seed), hf, eos_id=tok.eos_token_id, work_dir=work_dir, log=print)
+    cfg = run_config(opts, seed)
+    local, per_node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if v.devices is None and per_node > 1:  # torchrun ranks on one node: each engine on its own GPUs
+        cfg.rlvr.vllm.devices = ",".join(str(local * v.tp + i) for i in range(v.tp))
+    engine = VllmEngine.serve(cfg, hf, eos_id=tok.eos_token_id, work_dir=work_dir, log=print, keys="engine.vllm",
+                              hint="finished shards are kept: rerun the same command to go on from them")
     return TextGenerator(engine, tok, max_len=opts.max_model_len, label=label, close=engine.close)
 
 

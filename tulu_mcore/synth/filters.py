@@ -13,19 +13,26 @@ import numpy as np
 from tulu_mcore.rewards import check
 
 
-def normalise_answer(answer: str) -> str:
+def answer_key(answer: str) -> str:
+    """What two final answers are compared by in the vote: no surrounding $, trailing period, spaces,
+    \\text{} wrappers or thousands separators (a comma between digits, not one that separates values)."""
     a = answer.strip().strip("$").strip().rstrip(".")
     a = re.sub(r"\\(?:text|mathrm)\{([^}]*)\}", r"\1", a)
-    return re.sub(r"\s+", "", a).replace("\\!", "").replace(",", "")
+    a = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", a)
+    return re.sub(r"\s+", "", a).replace("\\!", "")
 
 
 def majority(answers: list[str | None], share: float) -> str | None:
-    """The answer most samples reach when more than `share` of all samples reach it (else None)."""
-    found = [normalise_answer(a) for a in answers if a]
+    """The answer most samples reach (as the first sample that reached it wrote it) when more than
+    `share` of all samples reach it; else None."""
+    keys = [answer_key(a) if a else None for a in answers]
+    found = [k for k in keys if k]
     if not found:
         return None
     best, count = Counter(found).most_common(1)[0]
-    return best if count / len(answers) > share else None
+    if count / len(answers) <= share:
+        return None
+    return answers[keys.index(best)].strip()
 
 
 def passes_constraints(response: str, ground_truths: list[str]) -> bool:

@@ -118,8 +118,8 @@ def _judge_solution(cfg, r: dict, samples) -> dict:
         if best is None:
             row["dropped"] = "no_majority"
             return row
-        pick = next((s for s, a in zip(samples, answers) if s in usable and a
-                     and filters.normalise_answer(a) == best), None)
+        key = filters.answer_key(best)
+        pick = next((s for s, a in zip(samples, answers) if s in usable and a and filters.answer_key(a) == key), None)
         if pick is None:
             row["dropped"] = "truncated"
             return row
@@ -144,11 +144,14 @@ def run(cfg, log=print) -> dict | None:
         from tulu_mcore.errors import UserError
 
         raise UserError(f"{cfg.personas}: no persona left for {len(cfg.skills)} skill(s) from start={cfg.start}")
-    engines = Engines(cfg.engine, out, seed=cfg.seed, log=log)
-    settings = dict(model=cfg.model, seed=cfg.seed, system=cfg.system_prompt, engine=cfg.engine.kind)
+    engines = Engines(cfg.engine, out, seed=cfg.seed, task=task, log=log)
+    e = cfg.engine
+    settings = dict(model=cfg.model, seed=cfg.seed, system=cfg.system_prompt, engine=e.kind,
+                    max_model_len=e.max_model_len, precision=e.precision, device=e.device)
+    f = cfg.filters
     try:
         problems = Stage(out, "problems", len(items), cfg.shard_size, {**settings, "items": digest(items),
-                         "sampling": vars(cfg.problem), "filters": [cfg.filters.drop_truncated, cfg.filters.leaks]},
+                         "sampling": vars(cfg.problem), "filters": [f.drop_truncated, f.leaks]},
                          task=task, tasks=tasks, log=log)
         if engines.needed(problems):
             gen = engines.open(cfg.model, "generator")
@@ -161,8 +164,10 @@ def run(cfg, log=print) -> dict | None:
             problems.run(make_p)
         problems.wait(cfg.wait_timeout_s)
         kept = [r for r in problems.rows() if r["dropped"] is None]
+        # the filters applied per solution (dedup runs at the end, over all of them)
+        solution_filters = [f.drop_truncated, f.majority_k, f.majority_share, f.verify_if, list(f.keywords)]
         solutions = Stage(out, "solutions", len(kept), cfg.shard_size, {**settings, "problems": digest([r["id"] for r in kept]),
-                          "sampling": vars(cfg.solution), "filters": vars(cfg.filters)}, task=task, tasks=tasks, log=log)
+                          "sampling": vars(cfg.solution), "filters": solution_filters}, task=task, tasks=tasks, log=log)
         if engines.needed(solutions):
             gen = engines.open(cfg.model, "generator")
 
@@ -172,19 +177,19 @@ def run(cfg, log=print) -> dict | None:
                 timer.record(solutions.dir, k)
                 return rows
             solutions.run(make_s)
-        solutions.wait(cfg.wait_timeout_s)
     finally:
         engines.close_all()
-    if task != 0:
+    if task != 0:  # task 0 writes the final files
         return None
+    solutions.wait(cfg.wait_timeout_s)
     return _finish(cfg, problems, solutions, log)
 
 
 def _finish(cfg, problems: Stage, solutions: Stage, log) -> dict:
     prob_rows, sol_rows = problems.rows(), solutions.rows()
     done = [r for r in sol_rows if r["dropped"] is None]
-    dedup = filters.duplicates([r["problem"] for r in done],
-                               cfg.filters.near_duplicates if cfg.filters.dedup else 1.0) if cfg.filters.dedup else [None] * len(done)
+    f = cfg.filters
+    dedup = filters.duplicates([r["problem"] for r in done], f.near_duplicates) if f.dedup else [None] * len(done)
     dropped = Counter(r["dropped"] for r in prob_rows if r["dropped"]) + Counter(r["dropped"] for r in sol_rows if r["dropped"])
     dropped.update(d for d in dedup if d)
     final = [r for r, d in zip(done, dedup) if d is None]

@@ -114,13 +114,18 @@ class Rater:
             failed = []
             for job, out in zip(jobs, outs):
                 r, a, idx, conv = job
-                text = out[0].text if out else None
+                if out is None:  # the judge prompt leaves no room within engine.max_model_len: never retried
+                    if r["dropped"] is None:
+                        self.stats["judge_prompt_too_long"] += 1
+                    r["dropped"] = "judge_prompt_too_long"
+                    continue
+                text = out[0].text
                 if self.cfg.tulu3_compat:
                     vals = jd.parse_tulu3(text or "", a)
                     r["raw_ratings"][a] = vals if idx is None else r["raw_ratings"][a] + vals[:1]
                     continue
                 n = 1 if idx is not None else len(r["completions"])
-                vals = None if text is None else jd.parse(text, a, n)
+                vals = jd.parse(text, a, n)
                 if vals is None:
                     self.stats["malformed"] += 1
                     self.stats["malformed_" + a] += 1
@@ -134,7 +139,8 @@ class Rater:
                     r["ratings"][a][idx] = None if math.isnan(vals[0]) else vals[0]
             jobs = failed
         for r, a, idx, _ in jobs:  # still malformed after every retry: the prompt is dropped
-            r["dropped"] = "judge_failed"
+            if r["dropped"] is None:
+                r["dropped"] = "judge_failed"
             self.stats["failed_after_retries"] += 1
 
 
@@ -159,6 +165,9 @@ def rate_rows(cfg, gen, prompts: list[dict], completions: dict[str, dict], label
                     row["completions"].append({"model": m, "text": c["text"]})
             if len(row["completions"]) < 2:
                 row["dropped"] = "fewer_than_two_completions"
+            # the judge sees them in a seeded random order: no model's place (the policy's first) decides
+            # ties or which completions the released binarization's first four means cover
+            random.Random(f"{cfg.seed}/order/{p['id']}").shuffle(row["completions"])
         rows.append(row)
     live = [r for r in rows if r["dropped"] is None]
     if cfg.pairs == "if_verified":
@@ -222,14 +231,17 @@ def run(cfg, log=print) -> dict | None:
         p["id"] = digest(p["messages"], i)
     models = models_of(cfg)
     labels = [m for m, _ in models]
-    engines = Engines(cfg.engine, out, seed=cfg.seed, log=log)
+    engines = Engines(cfg.engine, out, seed=cfg.seed, task=task, log=log)
     ids = digest([p["id"] for p in prompts])
+    e = cfg.engine
+    settings = {"ids": ids, "engine": e.kind, "max_model_len": e.max_model_len, "precision": e.precision,
+                "device": e.device, "seed": cfg.seed}
     try:
         stages = {}
         for label, path in models:
             st = Stage(out, f"completions-{label}", len(prompts), cfg.shard_size,
-                       {"model": path, "ids": ids, "n": cfg.completions_per_model, "sampling": vars(cfg.sampling),
-                        "engine": cfg.engine.kind, "seed": cfg.seed}, task=task, tasks=tasks, log=log)
+                       {**settings, "model": path, "n": cfg.completions_per_model, "sampling": vars(cfg.sampling)},
+                       task=task, tasks=tasks, log=log)
             if engines.needed(st):
                 gen = engines.open(path, label)
 
@@ -240,14 +252,16 @@ def run(cfg, log=print) -> dict | None:
                     timer.record(st.dir, k)
                     return rows
                 st.run(make)
+            if engines.collective:  # the next model's load is collective: no rank may still be generating
+                st.wait(cfg.wait_timeout_s)
             stages[label] = st
         for st in stages.values():
             st.wait(cfg.wait_timeout_s)
         completions = {m: {r["id"]: r for r in st.rows()} for m, st in stages.items()}
         ratings = Stage(out, "ratings", len(prompts), cfg.shard_size,
-                        {"ids": ids, "models": models, "judge": vars(cfg.judge), "pairs": cfg.pairs,
-                         "compat": cfg.tulu3_compat, "drop_truncated": cfg.drop_truncated, "seed": cfg.seed,
-                         "engine": cfg.engine.kind}, task=task, tasks=tasks, log=log)
+                        {**settings, "models": models, "judge": vars(cfg.judge), "pairs": cfg.pairs,
+                         "compat": cfg.tulu3_compat, "drop_truncated": cfg.drop_truncated},
+                        task=task, tasks=tasks, log=log)
         if engines.needed(ratings):
             judge = engines.open(cfg.judge.model, "judge") if cfg.pairs == "judge" else None
 
@@ -259,11 +273,11 @@ def run(cfg, log=print) -> dict | None:
                 (ratings.dir / f"counts-{k:05d}.json").write_text(json.dumps(stats))
                 return rows
             ratings.run(rate)
-        ratings.wait(cfg.wait_timeout_s)
     finally:
         engines.close_all()
-    if task != 0:
+    if task != 0:  # task 0 writes the final files
         return None
+    ratings.wait(cfg.wait_timeout_s)
     return _finish(cfg, prompts, models, stages, ratings, log)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +37,15 @@ def task_of(cfg) -> tuple[int, int]:
     return task, tasks
 
 
+def _me() -> str:
+    """This process, unique across the nodes that share an output directory (temporary file names)."""
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
 def write_jsonl(path: Path, rows) -> None:
     """All rows or nothing: a temporary file, fsynced, renamed over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{_me()}.tmp")
     with open(tmp, "w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -70,7 +76,7 @@ class Stage:
                                 "differ): rerun with the settings it was started with, or use a new out=DIR")
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".manifest.{os.getpid()}.tmp")
+            tmp = path.with_name(f".manifest.{_me()}.tmp")
             tmp.write_text(json.dumps(manifest, indent=1))
             os.replace(tmp, path)
 

@@ -98,8 +98,9 @@ def extract_problem(skill: str, text: str) -> str:
 
 def answer_of(skill: str, solution: str) -> str | None:
     """The final answer of a math solution in the format its prompt asked for (None: none found)."""
-    if skill == "grade_math":
+    if skill == "grade_math":  # the last number on the last "####" line (GSM8K's answers are numbers)
         m = re.findall(r"####\s*([^\n]+)", solution)
-        return m[-1].strip().rstrip(".").replace(",", "") if m else None
+        nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", m[-1]) if m else []
+        return nums[-1].replace(",", "") if nums else None
     m = re.findall(r"final answer is\s*\$?(.+?)\$?\.?\s*(?:I hope it is correct|$)", solution, re.IGNORECASE)
     return m[-1].strip().strip("$").strip() if m else None

@@ -13,7 +13,7 @@
   ``dataset``): arithmetic problems (``gsm8k``: the exact number) and instructions with checkable
   constraints (``ifeval``: capital letters, a word repeated N times, no commas).
 * ``judge_demo.jsonl``: judge lessons (a demo prompt and response, an aspect, ``Rating: N``) in
-  tulu-synth's short judge format; tulu-demo's SFT stage trains on them beside the conversations.
+  tulu-synth's short judge format; tulu-demo makes its judge by a short SFT of its SFT model on them.
 * ``rlvr_heldout.jsonl``: held-out prompts in the same format, with names, items and words no training
   row uses (tulu-demo decontaminates the training data against them and scores each stage on them).
 * ``tiny_tokenizer/``: a byte-level BPE with 512 entries trained on that data (the `tiny` model's
@@ -225,8 +225,8 @@ def judge_prompt(aspect: str, instruction: str, response: str) -> str:
 def judge_conversations(n: int = 64, seed: int = 20) -> list[dict]:
     """The demo's judge lessons: a demo prompt, a response (the exact answer, or a wrong one, or the
     answer without the asked format), one aspect, and the rating: 4-5 for the exact answer, 1-2
-    otherwise. SFT on them teaches the tiny model the judge's answer format, so that tulu-demo's
-    on-policy stage can use the SFT model as its own judge."""
+    otherwise. A short SFT on them teaches the tiny SFT model the judge's answer format: tulu-demo's
+    judge for its on-policy pairs."""
     rng = random.Random(seed)
     rows = []
     while len(rows) < n:
