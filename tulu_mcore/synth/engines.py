@@ -137,10 +137,10 @@ def run_config(opts, seed: int, extra: list[str] = ()):
 
 
 def _vllm(path: str, opts, seed: int, work_dir: Path, label: str) -> TextGenerator:
+    import os
+
     from tulu_mcore.data.tokenizer import load_tokenizer
     from tulu_mcore.rollout.vllm_engine import VllmEngine
-
-    import os
 
     v = opts.vllm
     if not (v.python or os.environ.get("TULU_VLLM_PYTHON")):
