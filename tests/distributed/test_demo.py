@@ -24,16 +24,16 @@ def test_demo_makes_on_policy_pairs_judged_by_its_sft_model_and_trains_dpo_on_th
     s = json.loads((demo_runs / "summary.json").read_text())["onpolicy"]
     rep = json.loads((demo_runs / "onpolicy" / "report.json").read_text())
     pairs = [json.loads(line) for line in (demo_runs / "onpolicy" / "pairs.jsonl").read_text().splitlines()]
-    assert rep["engine"] == "megatron" and rep["prompts"] == s["prompts"] == 48
+    assert rep["engine"] == "megatron" and rep["prompts"] == s["prompts"] == 40
     assert len(pairs) == s["pairs"] == rep["outcomes"]["pair"] >= 10, rep["outcomes"]
     # every judged prompt is accounted for: a pair, or the reason it has none
-    assert sum(rep["outcomes"].values()) == 48 and rep["judge_parse_failure_rate"] < 0.2, rep
-    assert rep["judge_requests"] >= 4 * 2 * (48 - rep["outcomes"].get("fewer_than_two_completions", 0))
+    assert sum(rep["outcomes"].values()) == 40 and rep["judge_parse_failure_rate"] < 0.3, rep
+    assert rep["judge_requests"] >= 4 * 2 * (40 - rep["outcomes"].get("fewer_than_two_completions", 0))
     for p in pairs:
         assert p["chosen_model"] == p["rejected_model"] == "policy" and p["chosen_rating"] > p["rejected_rating"]
         assert p["chosen"][:-1] == p["rejected"][:-1] and p["chosen"][-1] != p["rejected"][-1]
     shards = sorted(x.name for x in (demo_runs / "onpolicy" / "ratings").glob("shard-*.jsonl"))
-    assert shards == [f"shard-{k:05d}.jsonl" for k in range(4)]  # 48 prompts, shard_size=12, both ranks
+    assert shards == [f"shard-{k:05d}.jsonl" for k in range(4)]  # 40 prompts, shard_size=10, both ranks
     assert s["dpo_loss_last"] < s["dpo_loss_first"] and s["dpo_accuracy_last_quarter"] > s["dpo_accuracy_first_quarter"]
     out = (demo_runs / "stdout.txt").read_text()
     assert f"data.train={demo_runs / 'onpolicy' / 'pairs.jsonl'}" in out and "DPO on the on-policy pairs" in out

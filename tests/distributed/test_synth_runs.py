@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from tests import rank_pool
 from tests.conftest import ROOT, metrics, train
 
 PERSONAS = ["a retired sailor who restores wooden boats", "a nurse on night shifts in a children's hospital",
@@ -19,6 +20,13 @@ PERSONAS = ["a retired sailor who restores wooden boats", "a nurse on night shif
 def synth(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tulu_mcore.cli.synth", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def pooled(*args: str) -> str:
+    """tulu-synth as a fresh launch would run it, in the session's warm rank (tests/rank_pool.py)."""
+    proc = rank_pool.run("tulu_mcore.cli.synth", list(args), 1, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
 def finished(proc: subprocess.Popen) -> str:
@@ -36,9 +44,9 @@ def test_personas_killed_and_rerun_or_split_over_tasks_writes_the_uninterrupted_
             "filters.verify_if=false", "decontam.enabled=false"]
     whole, killed, split = tmp_path / "whole", tmp_path / "killed", tmp_path / "split"
     # two processes at a time (two cores): task 1 of a run split over two tasks starts beside the
-    # uninterrupted run, then task 0 beside the run that gets killed
+    # uninterrupted run (in the session's warm rank), then task 0 beside the run that gets killed
     task1 = synth(*args, f"out={split}", "task=1", "tasks=2")
-    out = finished(synth(*args, f"out={whole}"))
+    out = pooled(*args, f"out={whole}")
     assert "sft: 6 rows" in out, out[-3000:]
     task0 = synth(*args, f"out={split}", "task=0", "tasks=2")
     proc = synth(*args, f"out={killed}")
@@ -50,7 +58,7 @@ def test_personas_killed_and_rerun_or_split_over_tasks_writes_the_uninterrupted_
     proc.wait()
     shards = sorted(p.name for p in (killed / "problems").glob("shard-*.jsonl"))
     assert 3 <= len(shards) < 6 and not (killed / "solutions").exists(), shards  # stopped mid-way
-    out = finished(synth(*args, f"out={killed}"))
+    out = pooled(*args, f"out={killed}")
     assert f"problems: shard {len(shards) + 1}/6" in out and "problems: shard 1/6" not in out, out[-3000:]
     finished(task0)
     finished(task1)
@@ -65,19 +73,21 @@ def test_personas_killed_and_rerun_or_split_over_tasks_writes_the_uninterrupted_
     assert report["throughput"]["problems"]["prompts"] == 6 and report["throughput"]["solutions"]["tokens_per_s"] > 0
 
 
-def test_on_policy_pairs_through_vllm_train_dpo(vllm_python, demo_runs, tmp_path):
+def test_on_policy_pairs_through_vllm_train_dpo(vllm_python, demo_runs, tmp_path, capsys):
     """The demo's judge (its SFT model taught the short judge template) generates two completions per
     prompt and judges them on vLLM, one engine for both (its run directory and its export are the same
     weights); the pairs train that model with recipe=dpo."""
+    from tulu_mcore.cli.synth import main
     from tulu_mcore.data.sources import BUILTIN
 
     out = tmp_path / "pairs"
-    proc = synth("preferences", f"prompts=[{demo_runs / 'decontam' / 'preference_demo.jsonl'}]", "limit=24",
-                 f"policy={demo_runs / 'judge'}", f"judge.model={demo_runs / 'judge' / 'hf'}", "judge.template=single",
-                 "judge.max_new_tokens=8", "completions_per_model=2", "sampling.max_new_tokens=32",
-                 "engine.kind=vllm", "engine.max_model_len=256", "engine.vllm.enforce_eager=true", f"out={out}",
-                 f"decontam.eval=[{BUILTIN['builtin:rlvr-heldout']}]")
-    log = finished(proc)
+    # in this process: the engine is vLLM's own process; the CLI itself needs no CPU runtime
+    main(["preferences", f"prompts=[{demo_runs / 'decontam' / 'preference_demo.jsonl'}]", "limit=24",
+          f"policy={demo_runs / 'judge'}", f"judge.model={demo_runs / 'judge' / 'hf'}", "judge.template=single",
+          "judge.max_new_tokens=8", "completions_per_model=2", "sampling.max_new_tokens=32",
+          "engine.kind=vllm", "engine.max_model_len=256", "engine.vllm.enforce_eager=true", f"out={out}",
+          f"decontam.eval=[{BUILTIN['builtin:rlvr-heldout']}]"])
+    log = capsys.readouterr().out
     assert log.count("on the vllm engine") == 1, log[-3000:]  # policy and judge: one model, one engine
     rep = json.loads((out / "report.json").read_text())
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@
    the run directory below.
 2. On-policy preference pairs: a judge (the SFT model taught the judge's answer format by a short SFT
    on the built-in judge lessons, ``<out>/judge``), then ``tulu-synth preferences`` on the megatron
-   engine in the same ranks: two completions of each of 48 demo prompts from the SFT checkpoint, each
+   engine in the same ranks: two completions of each of 40 demo prompts from the SFT checkpoint, each
    rated by the judge on Tülu 3's four aspects, binarized into chosen/rejected and decontaminated
    (``<out>/onpolicy/``: pairs.jsonl, report.md); then a short DPO of the SFT model on those pairs
    (``<out>/dpo_onpolicy``), scored on the held-out prompts beside the main chain. A tiny judge is
@@ -106,13 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     sft_args = ["recipe=sft", "model=tiny", f"run.dir={sft_dir}", f"runtime.device={device}", "train.epochs=10",
                 f"data.cache_dir={out / 'cache'}", f"data.train={clean['sft']}", *args.overrides]
     judge_args = ["recipe=sft", f"model.init={sft_dir}", f"run.dir={judge_dir}", f"runtime.device={device}",
-                  "train.epochs=6", "train.global_batch_size=8", f"data.cache_dir={out / 'cache'}",
+                  "train.epochs=4", "train.global_batch_size=8", f"data.cache_dir={out / 'cache'}",
                   f"data.train={clean['judge']}"]
     onpolicy = out / "onpolicy"
-    synth_args = ["synth", "preferences", f"prompts=[{clean['dpo']}]", "limit=48", f"policy={sft_dir}",
+    synth_args = ["synth", "preferences", f"prompts=[{clean['dpo']}]", "limit=40", f"policy={sft_dir}",
                   f"judge.model={judge_dir}", "judge.template=single", "judge.max_new_tokens=8", "judge.retries=2",
                   "completions_per_model=2", "sampling.max_new_tokens=32", "engine.kind=megatron",
-                  f"engine.device={device}", "engine.max_model_len=256", "shard_size=12", f"out={onpolicy}",
+                  f"engine.device={device}", "engine.max_model_len=256", "shard_size=10", f"out={onpolicy}",
                   f"decontam.eval=[{BUILTIN['builtin:rlvr-heldout']}]"]
     onpolicy_args = ["recipe=dpo", f"model.init={sft_dir}", f"run.dir={onp_dir}", f"runtime.device={device}",
                      "train.epochs=2", "optim.lr=1e-4", "train.global_batch_size=8", f"data.cache_dir={out / 'cache'}",
