@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(proc.returncode)
     if lc.name != "slurm":
         raise UserError(f"launcher={lc.name}: choose launcher=local or launcher=slurm")
-    from tulu_mcore.launch.slurm import engine_step, job_name, submit
+    from tulu_mcore.launch.slurm import engine_step, job_name, submit, write_private
 
     script = render_slurm(cfg, argv)
     if lc.dry_run:
@@ -129,11 +128,7 @@ def main(argv: list[str] | None = None) -> None:
 
         write_engine_config(run_dir, policy_arch(cfg), cfg.precision.params_dtype)
     path = run_dir / "job.sbatch"
-    # owner-only: launcher.env values (tokens, keys) are written into it
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(script)
-    os.chmod(path, 0o600)  # an older job.sbatch kept its mode
+    write_private(path, script)
     job = submit(path)
     print(f"submitted job {job} ({job_name(cfg)}, {lc.nodes} node(s) x {lc.ranks_per_node} ranks): {path}")
     print(f"log: {run_dir / 'logs' / f'slurm-{job}.out'}")

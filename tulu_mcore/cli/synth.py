@@ -87,11 +87,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _submit(cfg, verb: str, overrides: list[str], config_dir: str | None, argv: list[str]) -> None:
     """launcher.name=slurm: OUT/synth.sbatch (owner-only: launcher.env may hold secrets), submitted."""
-    import os
     import shlex
     from pathlib import Path
 
-    from tulu_mcore.launch.slurm import submit
+    from tulu_mcore.launch.slurm import submit, write_private
     from tulu_mcore.launch.synth_job import render_synth_sbatch
 
     out = Path(cfg.out).absolute()
@@ -111,9 +110,7 @@ def _submit(cfg, verb: str, overrides: list[str], config_dir: str | None, argv: 
         return
     (out / "logs").mkdir(parents=True, exist_ok=True)
     path = out / "synth.sbatch"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(script)
+    write_private(path, script)
     job = submit(path)
     print(f"submitted job {job} ({lc.nodes} node(s) x {lc.ranks_per_node} task(s)): {path}")
     print(f"log: {out / 'logs' / f'slurm-{job}.out'}")

@@ -30,6 +30,7 @@ no path of the machine that rendered it.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -127,6 +128,35 @@ def job_name(cfg: RunConfig) -> str:
     return cfg.launcher.job_name or f"tulu-{cfg.recipe.name}-{Path(cfg.run.dir).name}"
 
 
+def site_options(lc: LauncherConfig) -> list[str]:
+    """The #SBATCH options every job of this project takes from the launcher section as they are."""
+    opts = [f"--cpus-per-task={lc.cpus_per_task}"] if lc.cpus_per_task else []
+    opts += [f"--partition={lc.partition}"] if lc.partition else []
+    opts += [f"--account={lc.account}"] if lc.account else []
+    opts.append(f"--time={lc.time}")
+    return opts + (["--exclusive"] if lc.exclusive else [])
+
+
+def job_environment(lc: LauncherConfig) -> list[str]:
+    """A job's first lines after `cd`: launcher.setup, the environment, and the master address and port
+    of the allocation (for the ranks' process group)."""
+    env = {**ENV_PROFILES[lc.env_profile], **{str(k): str(v) for k, v in lc.env.items()}}
+    return [*lc.setup, *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
+            "# a node's address as Slurm reaches it (NodeAddr; its name where Slurm has none): names need not resolve",
+            "node_addr() { local a; a=$(scontrol show node \"$1\" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2); "
+            'echo "${a:-$1}"; }',
+            'export MASTER_ADDR=$(node_addr "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)")',
+            "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))"]
+
+
+def write_private(path: Path, text: str) -> None:
+    """A batch script, owner-only: launcher.env values (tokens, keys) are written into it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)  # an older file kept its mode
+
+
 def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None, python: str,
                   command_line: str = "") -> str:
     """The batch script for `cfg.launcher`, running ``tulu-train`` with `train_args` in `workdir`
@@ -148,31 +178,15 @@ def render_sbatch(cfg: RunConfig, train_args: list[str], *, workdir: str | None,
             f"--ntasks-per-node={per_node}"]
     if lc.gpus:
         opts.append(f"--gpus-per-node={lc.ranks_per_node}")
-    if lc.cpus_per_task:
-        opts.append(f"--cpus-per-task={lc.cpus_per_task}")
-    if lc.partition:
-        opts.append(f"--partition={lc.partition}")
-    if lc.account:
-        opts.append(f"--account={lc.account}")
-    opts.append(f"--time={lc.time}")
-    if lc.exclusive:
-        opts.append("--exclusive")
+    opts += site_options(lc)
     opts += [f"--output={run_dir / 'logs' / 'slurm-%j.out'}", "--open-mode=append",
              f"--signal=B:USR1@{lc.signal_seconds}", "--requeue"]
     if lc.singleton:
         opts.append("--dependency=singleton")
     opts += list(lc.sbatch_args)
     h += [f"#SBATCH {o}" for o in opts]
-    body = ["", "set -uo pipefail", f"cd {cwd}"]
-    body += list(lc.setup)
-    env = {**ENV_PROFILES[lc.env_profile], **{str(k): str(v) for k, v in lc.env.items()}}
-    body += [f"export {k}={q(v)}" for k, v in env.items()]
+    body = ["", "set -uo pipefail", f"cd {cwd}", *job_environment(lc)]
     body += [
-        "# a node's address as Slurm reaches it (NodeAddr; its name where Slurm has none): names need not resolve",
-        "node_addr() { local a; a=$(scontrol show node \"$1\" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2); "
-        'echo "${a:-$1}"; }',
-        'export MASTER_ADDR=$(node_addr "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)")',
-        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
         "RESTART=${SLURM_RESTART_COUNT:-0}",
         'echo "[tulu-launch] job $SLURM_JOB_ID restart $RESTART on $SLURM_JOB_NODELIST ($(date -Is))"',
         "",

@@ -11,7 +11,15 @@ import shlex
 from pathlib import Path
 
 from tulu_mcore.config.schema import LauncherConfig
-from tulu_mcore.launch.slurm import ENV_PROFILES, SUBMIT_DIR, _wrap, check, container_flags, container_paths
+from tulu_mcore.launch.slurm import (
+    SUBMIT_DIR,
+    _wrap,
+    check,
+    container_flags,
+    container_paths,
+    job_environment,
+    site_options,
+)
 
 SYNTH_MODULE = "tulu_mcore.cli.synth"
 
@@ -31,32 +39,15 @@ def render_synth_sbatch(lc: LauncherConfig, verb: str, args: list[str], out: Pat
             f"--ntasks-per-node={lc.ranks_per_node}"]
     if lc.gpus:
         opts.append(f"--gpus-per-task={gpus_per_task}")
-    if lc.cpus_per_task:
-        opts.append(f"--cpus-per-task={lc.cpus_per_task}")
-    if lc.partition:
-        opts.append(f"--partition={lc.partition}")
-    if lc.account:
-        opts.append(f"--account={lc.account}")
-    opts.append(f"--time={lc.time}")
-    if lc.exclusive:
-        opts.append("--exclusive")
+    opts += site_options(lc)
     opts += [f"--output={out / 'logs' / 'slurm-%j.out'}", "--open-mode=append"]
     if lc.singleton:
         opts.append("--dependency=singleton")
     opts += list(lc.sbatch_args)
     h += [f"#SBATCH {o}" for o in opts]
-    body = ["", "set -uo pipefail", f"cd {cwd}", *lc.setup]
-    env = {**ENV_PROFILES[lc.env_profile], **{str(k): str(v) for k, v in lc.env.items()}}
-    body += [f"export {k}={q(v)}" for k, v in env.items()]
-    body += [
-        "# the megatron engine's tasks form one process group (checkpoint loads are collective)",
-        "node_addr() { local a; a=$(scontrol show node \"$1\" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2); "
-        'echo "${a:-$1}"; }',
-        'export MASTER_ADDR=$(node_addr "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)")',
-        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
-        f'echo "[tulu-synth] job $SLURM_JOB_ID: {tasks} task(s) on $SLURM_JOB_NODELIST ($(date -Is))"',
-        "# each task takes shards SLURM_PROCID, SLURM_PROCID + SLURM_NTASKS, ...; a rerun skips finished ones",
-    ]
+    body = ["", "set -uo pipefail", f"cd {cwd}", *job_environment(lc),  # (the megatron engine's process group)
+            f'echo "[tulu-synth] job $SLURM_JOB_ID: {tasks} task(s) on $SLURM_JOB_NODELIST ($(date -Is))"',
+            "# each task takes shards SLURM_PROCID, SLURM_PROCID + SLURM_NTASKS, ...; a rerun skips finished ones"]
     srun = ["srun", "--kill-on-bad-exit=0", f"--nodes={lc.nodes}", f"--ntasks={tasks}",
             f"--ntasks-per-node={lc.ranks_per_node}", *container_flags(lc, cwd)]
     cmd = [q(python), "-m", SYNTH_MODULE, q(verb)]

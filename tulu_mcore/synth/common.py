@@ -55,6 +55,16 @@ class Timer:
                                                            "tokens": self.tokens, "calls": self.calls}])
 
 
+def timed(stage, seed: int, work):
+    """A stage's shard maker: `work(span, shard_seed, timer)`, its generation stats kept beside the shard."""
+    def make(span, k):
+        timer = Timer()
+        rows = work(span, shard_seed(seed, stage.name, k), timer)
+        timer.record(stage.dir, k)
+        return rows
+    return make
+
+
 def throughput(stage_dir: Path) -> dict:
     s = Counter()
     for f in sorted(stage_dir.glob("stats-*.jsonl")):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tulu_mcore.synth import constraints as cons
 from tulu_mcore.synth import filters, templates
-from tulu_mcore.synth.common import Timer, bad, digest, finish, load, shard_seed, throughput
+from tulu_mcore.synth.common import Timer, bad, digest, finish, load, throughput, timed
 from tulu_mcore.synth.engines import Engines
 from tulu_mcore.synth.shards import Stage, task_of
 
@@ -155,13 +155,8 @@ def run(cfg, log=print) -> dict | None:
                          task=task, tasks=tasks, log=log)
         if engines.needed(problems):
             gen = engines.open(cfg.model, "generator")
-
-            def make_p(span, k):
-                timer = Timer()
-                rows = make_problems(cfg, gen, [items[i] for i in span], shard_seed(cfg.seed, "problems", k), timer)
-                timer.record(problems.dir, k)
-                return rows
-            problems.run(make_p)
+            problems.run(timed(problems, cfg.seed, lambda span, seed, timer: make_problems(
+                cfg, gen, [items[i] for i in span], seed, timer)))
         problems.wait(cfg.wait_timeout_s)
         kept = [r for r in problems.rows() if r["dropped"] is None]
         # the filters applied per solution (dedup runs at the end, over all of them)
@@ -170,13 +165,8 @@ def run(cfg, log=print) -> dict | None:
                           "sampling": vars(cfg.solution), "filters": solution_filters}, task=task, tasks=tasks, log=log)
         if engines.needed(solutions):
             gen = engines.open(cfg.model, "generator")
-
-            def make_s(span, k):
-                timer = Timer()
-                rows = make_solutions(cfg, gen, [kept[i] for i in span], shard_seed(cfg.seed, "solutions", k), timer)
-                timer.record(solutions.dir, k)
-                return rows
-            solutions.run(make_s)
+            solutions.run(timed(solutions, cfg.seed, lambda span, seed, timer: make_solutions(
+                cfg, gen, [kept[i] for i in span], seed, timer)))
     finally:
         engines.close_all()
     if task != 0:  # task 0 writes the final files

@@ -13,7 +13,6 @@ with one that fails it, no judge needed.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter
@@ -23,9 +22,9 @@ from tulu_mcore.data.template import check_messages
 from tulu_mcore.rewards import check
 from tulu_mcore.synth import binarize as bz
 from tulu_mcore.synth import judge as jd
-from tulu_mcore.synth.common import Timer, bad, digest, finish, load, shard_seed, throughput
+from tulu_mcore.synth.common import Timer, bad, digest, finish, load, throughput, timed
 from tulu_mcore.synth.engines import Engines
-from tulu_mcore.synth.shards import Stage, task_of
+from tulu_mcore.synth.shards import Stage, read_jsonl, task_of, write_jsonl
 
 
 def _prompt(row) -> dict:
@@ -244,14 +243,8 @@ def run(cfg, log=print) -> dict | None:
                        task=task, tasks=tasks, log=log)
             if engines.needed(st):
                 gen = engines.open(path, label)
-
-                def make(span, k, gen=gen, st=st, label=label):
-                    timer = Timer()
-                    rows = make_completions(cfg, gen, [prompts[i] for i in span], shard_seed(cfg.seed, st.name, k),
-                                            timer, label)
-                    timer.record(st.dir, k)
-                    return rows
-                st.run(make)
+                st.run(timed(st, cfg.seed, lambda span, seed, timer, gen=gen, label=label: make_completions(
+                    cfg, gen, [prompts[i] for i in span], seed, timer, label)))
             if engines.collective:  # the next model's load is collective: no rank may still be generating
                 st.wait(cfg.wait_timeout_s)
             stages[label] = st
@@ -265,14 +258,11 @@ def run(cfg, log=print) -> dict | None:
         if engines.needed(ratings):
             judge = engines.open(cfg.judge.model, "judge") if cfg.pairs == "judge" else None
 
-            def rate(span, k):
-                timer = Timer()
-                rows, stats = rate_rows(cfg, judge, [prompts[i] for i in span], completions, labels,
-                                        shard_seed(cfg.seed, "ratings", k), timer)
-                timer.record(ratings.dir, k)
-                (ratings.dir / f"counts-{k:05d}.json").write_text(json.dumps(stats))
+            def rate(span, seed, timer):
+                rows, stats = rate_rows(cfg, judge, [prompts[i] for i in span], completions, labels, seed, timer)
+                write_jsonl(ratings.dir / f"counts-{span.start // cfg.shard_size:05d}.jsonl", [stats])
                 return rows
-            ratings.run(rate)
+            ratings.run(timed(ratings, cfg.seed, rate))
     finally:
         engines.close_all()
     if task != 0:  # task 0 writes the final files
@@ -284,8 +274,8 @@ def run(cfg, log=print) -> dict | None:
 def _finish(cfg, prompts, models, stages, ratings: Stage, log) -> dict:
     rows = ratings.rows()
     counts = Counter()
-    for f in sorted(ratings.dir.glob("counts-*.json")):
-        counts.update(json.loads(f.read_text()))
+    for f in sorted(ratings.dir.glob("counts-*.jsonl")):
+        counts.update(read_jsonl(f)[0])
     outcome = Counter(r["dropped"] for r in rows if r["dropped"])
     pairs = []
     for r in rows:
