@@ -74,6 +74,20 @@ def render_slurm(cfg, argv: list[str], *, portable: bool = False) -> str:
                          command_line=" ".join(shlex.quote(a) for a in argv))
 
 
+def submit_job(path: Path, script: str, what: str) -> str:
+    """Write the batch script (owner-only) beside its logs/ and submit it; print the job id last (what
+    scripts read)."""
+    from tulu_mcore.launch.slurm import submit, write_private
+
+    (path.parent / "logs").mkdir(parents=True, exist_ok=True)
+    write_private(path, script)
+    job = submit(path)
+    print(f"submitted job {job} ({what}): {path}")
+    print(f"log: {path.parent / 'logs' / f'slurm-{job}.out'}")
+    print(job)
+    return job
+
+
 def policy_arch(cfg):
     """The architecture the trainers will build: model.init's when it is here (a checkpoint or a Hugging
     Face directory on a shared file system), else the model group's."""
@@ -116,23 +130,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(proc.returncode)
     if lc.name != "slurm":
         raise UserError(f"launcher={lc.name}: choose launcher=local or launcher=slurm")
-    from tulu_mcore.launch.slurm import engine_step, job_name, submit, write_private
+    from tulu_mcore.launch.slurm import engine_step, job_name
 
     script = render_slurm(cfg, argv)
     if lc.dry_run:
         print(script, end="")
         return
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     if engine_step(cfg):  # the engine starts from the policy's config.json; the trainer pushes the weights
         from tulu_mcore.launch.engine import write_engine_config
 
         write_engine_config(run_dir, policy_arch(cfg), cfg.precision.params_dtype)
-    path = run_dir / "job.sbatch"
-    write_private(path, script)
-    job = submit(path)
-    print(f"submitted job {job} ({job_name(cfg)}, {lc.nodes} node(s) x {lc.ranks_per_node} ranks): {path}")
-    print(f"log: {run_dir / 'logs' / f'slurm-{job}.out'}")
-    print(job)
+    submit_job(run_dir / "job.sbatch", script, f"{job_name(cfg)}, {lc.nodes} node(s) x {lc.ranks_per_node} ranks")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def _submit(cfg, verb: str, overrides: list[str], config_dir: str | None, argv: 
     import shlex
     from pathlib import Path
 
-    from tulu_mcore.launch.slurm import submit, write_private
+    from tulu_mcore.cli.launch import submit_job
     from tulu_mcore.launch.synth_job import render_synth_sbatch
 
     out = Path(cfg.out).absolute()
@@ -108,13 +108,7 @@ def _submit(cfg, verb: str, overrides: list[str], config_dir: str | None, argv: 
     if lc.dry_run:
         print(script, end="")
         return
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    path = out / "synth.sbatch"
-    write_private(path, script)
-    job = submit(path)
-    print(f"submitted job {job} ({lc.nodes} node(s) x {lc.ranks_per_node} task(s)): {path}")
-    print(f"log: {out / 'logs' / f'slurm-{job}.out'}")
-    print(job)
+    submit_job(out / "synth.sbatch", script, f"{lc.nodes} node(s) x {lc.ranks_per_node} task(s)")
 
 
 if __name__ == "__main__":

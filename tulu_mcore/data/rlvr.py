@@ -34,6 +34,19 @@ class Prompt:
     problem: str | None = None  # why no response can verify against the ground truth (data.unverifiable=keep)
 
 
+def prompt_messages(messages) -> list[dict]:
+    """A row's messages as a prompt: a trailing assistant turn (a reference answer: the policy writes its
+    own) dropped; what is left must be a valid conversation once a response is appended."""
+    if not isinstance(messages, list) or not messages:
+        raise ConversationError("empty messages", "'messages' must be a non-empty list of {role, content} objects")
+    if isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise ConversationError("empty messages", "no prompt: the messages hold only an assistant turn")
+    check_messages(messages + [{"role": "assistant", "content": "(the response)"}])
+    return messages
+
+
 def prompt_from_row(row, unverifiable: str = "keep") -> Prompt:
     """A row's prompt. A ground truth no verifier can use (IFEval's not a known check, MATH's with
     unbalanced braces or an empty box) is kept with its `problem` (`unverifiable="keep"`: the release
@@ -43,15 +56,7 @@ def prompt_from_row(row, unverifiable: str = "keep") -> Prompt:
     missing = [k for k in ("messages", "ground_truth", "dataset") if k not in row]
     if missing:
         raise ConversationError("missing field", f"missing field(s) {', '.join(missing)}")
-    messages = row["messages"]
-    if not isinstance(messages, list) or not messages:
-        raise ConversationError("empty messages", "'messages' must be a non-empty list of {role, content} objects")
-    if isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
-        messages = messages[:-1]  # a reference answer: the policy writes its own
-    if not messages:
-        raise ConversationError("empty messages", "no prompt: the messages hold only an assistant turn")
-    # the prompt must be a valid conversation once a response is appended
-    check_messages(messages + [{"role": "assistant", "content": "(the response)"}])
+    messages = prompt_messages(row["messages"])
     dataset = str(row["dataset"]).lower()
     if dataset not in DATASETS:
         raise ConversationError("unknown dataset", f"dataset {row['dataset']!r} has no verifier (one of "

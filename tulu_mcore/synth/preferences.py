@@ -18,7 +18,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from tulu_mcore.data.template import check_messages
+from tulu_mcore.data.rlvr import prompt_messages
 from tulu_mcore.rewards import check
 from tulu_mcore.synth import binarize as bz
 from tulu_mcore.synth import judge as jd
@@ -37,13 +37,9 @@ def _prompt(row) -> dict:
         messages = row["chosen"]
     if messages is None and isinstance(row.get("prompt"), str):
         messages = [{"role": "user", "content": row["prompt"]}]
-    if not isinstance(messages, list) or not messages:
+    if messages is None:
         raise bad("no prompt", "expected messages (a list of {role, content}), a prompt string or a chosen conversation")
-    if isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
-        messages = messages[:-1]  # a reference answer: every model writes its own
-    if not messages:
-        raise bad("no prompt", "the messages hold only an assistant turn")
-    check_messages(messages + [{"role": "assistant", "content": "(the response)"}])
+    messages = prompt_messages(messages)  # a reference answer dropped: every model writes its own
     truth = row.get("ground_truth")
     if isinstance(truth, list) and len(truth) == 1:
         truth = truth[0]
