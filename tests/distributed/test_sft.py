@@ -87,6 +87,12 @@ def test_packed_loss_equals_unpacked(tiny_ckpt, data_cache, tmp_path, layout, np
     got = read_json(out)
     assert got["packed"][1] == got["unpacked"][1] > 100  # the same trained tokens
     assert abs(got["packed"][0] - got["unpacked"][0]) <= 1e-6 * abs(got["unpacked"][0]), got
+    # the GPU path (varlen attention, sync-free RoPE and CP positions) reads nothing back to the host
+    # in forward + backward, and computes what the CPU path does
+    assert got["fast_path_read_count"] == 0, got["fast_path_reads"]
+    assert got["fast_vs_cpu_max_diff"] < 1e-5, got
+    if layout != "cp2":  # the CPU's per-document attention reads the boundaries: the counter sees them
+        assert got["cpu_path_read_count"] > 0, got
 
 
 EQUIV = ["train.global_batch_size=8", "train.seq_length=128", "optim.lr=1e-3", "train.max_steps=3",

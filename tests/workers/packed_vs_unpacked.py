@@ -1,14 +1,80 @@
 """Worker: the summed token loss of demo conversations, packed into one THD row vs each one run on its
 own (padded layout, one sequence per forward), through the same model. Rank 0 writes both as JSON.
 
+Also counts device-to-host reads (``.tolist()``, ``.item()``, ``.cpu()``, ``bool(t)``, ``nonzero`` ...)
+inside the packed forward and backward, the GPU path's kernel choices forced on the CPU: the varlen
+attention (replaced by a dense-mask stand-in with torch's signature, itself free of host reads) and
+the RoPE hook. On a GPU each such read stalls the host until the device catches up; the fast path
+must have none. The CPU's per-document attention is counted too (it does read: the counter sees them).
+
     torchrun --nproc-per-node N tests/workers/packed_vs_unpacked.py CKPT OUT.json [hydra overrides...]
 """
 
 import json
 import math
 import sys
+import traceback
+from contextlib import contextmanager
 
 import torch
+
+READS = ("tolist", "item", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+# reads of tensors that live on the host on a GPU too: megatron's check that its RNG fork left the CPU
+# generator alone (torch.get_rng_state() is a CPU tensor)
+HOST_TENSOR_SITES = ("tensor_parallel/random.py",)
+
+
+def caller() -> str:
+    """The innermost frame outside torch, the CPU runtime's function mode and this file."""
+    for frame in reversed(traceback.extract_stack()):
+        f = frame.filename
+        if f != __file__ and "/torch/" not in f and not f.endswith("runtime/cpu.py"):
+            return f"{f}:{frame.lineno}"
+    return "?"
+
+
+@contextmanager
+def count_host_reads(model, sites: list):
+    """Record a call site for every host read of a tensor inside `model`'s forward and in backward."""
+    saved = {name: getattr(torch.Tensor, name) for name in READS}
+    active = [False]
+
+    def wrap(name, fn):
+        def counted(self, *a, **kw):
+            if active[0]:
+                site = caller()
+                if not any(h in site for h in HOST_TENSOR_SITES):
+                    sites.append(f"{name} at {site.rsplit('/', 1)[-1]}")
+            return fn(self, *a, **kw)
+        return counted
+
+    def on(*_):
+        active[0] = True
+
+    def off(*_):
+        active[0] = False
+
+    hooks = [model.register_forward_pre_hook(on), model.register_forward_hook(off)]
+    for name, fn in saved.items():
+        setattr(torch.Tensor, name, wrap(name, fn))
+    try:
+        yield active
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+        for h in hooks:
+            h.remove()
+
+
+def dense_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+    """Stand-in for torch.nn.attention.varlen.varlen_attn (same signature and layout) without host reads."""
+    t = q.size(0)
+    idx = torch.arange(t)
+    doc = torch.searchsorted(cu_q.long(), idx, right=True)
+    allowed = (doc[:, None] == doc[None, :]) & (idx[:, None] >= idx[None, :] if window_size == (-1, 0) else True)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        *(x.transpose(0, 1).unsqueeze(0) for x in (q, k, v)), attn_mask=allowed, scale=scale, enable_gqa=enable_gqa)
+    return out.squeeze(0).transpose(0, 1)
 
 
 def main(ckpt: str, out: str, overrides: list[str]) -> None:
@@ -59,9 +125,34 @@ def main(ckpt: str, out: str, overrides: list[str]) -> None:
             loss, count = run(lm_forward_step, {"tokens": tokens, "labels": labels, "loss_mask": mask})
             single[0] += loss
             single[1] += count
+    # forward + backward of the packed row: the GPU path forced (fast), then the CPU's own path
+    from tulu_mcore.models import kernels
+
+    def fwd_bwd(sites):
+        model.zero_grad()
+        with count_host_reads(model, sites) as active:
+            output, loss_fn = packed_forward_step(iter([row.as_batch()]), model, reduction="sum")
+            loss = loss_fn(output)[0]
+            active[0] = True
+            loss.backward()
+            active[0] = False
+        return output.detach()
+
+    varlen, supported = kernels._varlen, kernels.varlen_supported
+    kernels._varlen, kernels.varlen_supported = (lambda: (dense_varlen, True, True)), (lambda q, p: True)
+    try:
+        fast_sites, fast_out = [], None
+        fast_out = fwd_bwd(fast_sites)
+    finally:
+        kernels._varlen, kernels.varlen_supported = varlen, supported
+    cpu_sites = []
+    cpu_out = fwd_bwd(cpu_sites)
     if dist.get_rank() == 0:
         with open(out, "w") as f:
-            json.dump({"packed": packed, "unpacked": single, "rows_tokens": row.real_tokens}, f)
+            json.dump({"packed": packed, "unpacked": single, "rows_tokens": row.real_tokens,
+                       "fast_path_reads": sorted(set(fast_sites)), "fast_path_read_count": len(fast_sites),
+                       "cpu_path_read_count": len(cpu_sites),
+                       "fast_vs_cpu_max_diff": (fast_out - cpu_out).abs().max().item()}, f)
     runtime.teardown()
 
 

@@ -38,7 +38,7 @@ def main(ckpt: str, out: str, overrides: list[str]) -> None:
     rt = runtime.setup(cfg)
     lay = rt.layout
     chunks = build_model(cfg.model.arch, lay, cfg.precision, device=rt.device, attention=cfg.model.attention,
-                         init=False, config_overrides={"calculate_per_token_loss": True})
+                         kernels=cfg.model.kernels, init=False, config_overrides={"calculate_per_token_loss": True})
     load_model(chunks, ckpt)
     model = wrap_for_training(chunks, cfg.precision, cfg.optim)
     opt = build_optimizer(model, cfg.precision, cfg.optim)

@@ -16,6 +16,8 @@ DTYPES = ("fp32", "bf16", "fp16")
 FP8_FORMATS = ("e4m3", "hybrid")
 FP8_RECIPES = ("delayed", "tensorwise", "blockwise", "mxfp8")
 ATTENTION_BACKENDS = ("auto", "te", "sdpa", "flex")
+KERNEL_MODES = ("auto", "compiled", "eager")
+ADAM_IMPLS = ("auto", "fused", "foreach", "for_loop")
 DEVICES = ("auto", "cuda", "cpu")
 RECIPES = ("none", "sft", "dpo", "rm", "rlvr_grpo", "rlvr_ppo")
 ENGINES = ("megatron", "vllm")
@@ -39,6 +41,9 @@ class ModelConfig:
     # attention on the local spec: causal, GQA, packed THD, context parallel). `auto`: te when
     # Transformer Engine is importable on a CUDA device, else sdpa.
     attention: str = "auto"
+    # Local spec's element-wise functions (RMSNorm, RoPE, SwiGLU, cross entropy): `auto` compiled
+    # (torch.compile, one fused kernel each) on CUDA and eager on the CPU; `compiled`; `eager`.
+    kernels: str = "auto"
     # Pretrained weights: an HF directory or hub name (its config.json replaces `arch`), a checkpoint
     # from tulu-convert, or a run directory / checkpoint of an earlier run (SFT -> DPO -> RLVR).
     init: str | None = None
@@ -104,6 +109,9 @@ class OptimConfig:
     # Shard fp32 main weights and Adam states over data-parallel ranks (ZeRO-1): ~12 bytes/param
     # of optimizer memory divided by DP.
     distributed: bool = True
+    # torch AdamW's implementation: auto (fused kernel on CUDA, plain loop on CPU) | fused | foreach |
+    # for_loop; the same update up to rounding. Transformer Engine's FusedAdam, when installed, is fused.
+    impl: str = "auto"
     lr_schedule: str = "linear"  # linear (Tülu) | cosine | constant, after the warmup
     warmup_ratio: float = 0.03  # linear warmup over this share of the steps
     min_lr: float = 0.0  # where the decay ends

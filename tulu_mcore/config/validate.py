@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 
 from tulu_mcore.arch import Layout, even_segments
 from tulu_mcore.config.schema import (
+    ADAM_IMPLS,
     ATTENTION_BACKENDS,
+    KERNEL_MODES,
     DEVICES,
     DPO_LOSSES,
     DTYPES,
@@ -142,6 +144,10 @@ def validate(
         err(f"runtime.device={cfg.runtime.device!r} is not one of {list(DEVICES)}")
     if cfg.model.attention not in ATTENTION_BACKENDS:
         err(f"model.attention={cfg.model.attention!r} is not one of {list(ATTENTION_BACKENDS)}")
+    if cfg.optim.impl not in ADAM_IMPLS:
+        err(f"optim.impl={cfg.optim.impl!r} is not one of {list(ADAM_IMPLS)}")
+    if cfg.model.kernels not in KERNEL_MODES:
+        err(f"model.kernels={cfg.model.kernels!r} is not one of {list(KERNEL_MODES)}")
     if cfg.model.attention == "te" and not have_te:
         err(
             "model.attention=te needs Transformer Engine, which is not installed: "

@@ -5,14 +5,18 @@ without Transformer Engine neither would be available. This module supports:
 
 * causal masks (and an explicit megatron mask, True where attention is *not* allowed);
 * GQA (``enable_gqa``: K/V heads are never materialised per query head);
-* packed THD sequences (``PackedSeqParams``): a block-diagonal causal mask per document;
+* packed THD sequences (``PackedSeqParams``): causal attention within each document. On a GPU (half
+  precision) one varlen flash-attention call reads the document boundaries on the device; on the CPU
+  each document goes through SDPA's causal kernel in turn (the boundaries read on the host). With CP,
+  or with ``flex``, every token's document and position are computed on the device and masked;
 * context parallelism: K/V are all-gathered over the CP group (reduce-scatter in backward) and the
   mask is built from the *global* positions of the local queries and the gathered keys, so no
   reordering is needed (the zigzag layout of :mod:`tulu_mcore.models.context_parallel`);
 * KV-cache decoding (queries shorter than keys: bottom-right aligned causal mask; CP=1).
 
-The mask is dense per (query, key) pair, which suits correctness on CPU and moderate lengths on GPU;
-for long sequences on GPUs use Transformer Engine (``model.attention=te``).
+Outside the varlen path SDPA's mask is dense per (query, key) pair, which suits correctness on CPU and
+moderate lengths on GPU (``flex`` builds block-sparse masks instead); for long sequences with CP on
+GPUs use Transformer Engine (``model.attention=te``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
-from tulu_mcore.models.context_parallel import local_positions
+from tulu_mcore.models import kernels
+from tulu_mcore.models.context_parallel import local_positions, thd_token_positions
 
 
 class LocalCoreAttention(MegatronModule):
@@ -96,18 +101,17 @@ class LocalCoreAttention(MegatronModule):
             cu_kv = psp.cu_seqlens_kv_padded if psp.cu_seqlens_kv_padded is not None else psp.cu_seqlens_kv
             t = query.size(0)
             if cp == 1 and self.impl == "sdpa" and attention_mask is None and causal:
+                if kernels.varlen_supported(query, self.dropout if self.training else 0.0):
+                    out = kernels.varlen_causal(query, key, value, cu_q.to(query.device, torch.int32),
+                                                psp.max_seqlen_q, self.softmax_scale)
+                    return out.reshape(t, -1)
                 return self._per_document(query, key, value, cu_q)
             if cp > 1:
                 key, value = self._gather_kv(key), self._gather_kv(value)
-            qpos = local_positions(t * cp, cp, rank, cu_q, device=query.device)
-            kpos = self._gathered_positions(key.size(0), cu_kv, query.device)
-            qdoc = torch.searchsorted(cu_q.to(query.device).long(), qpos, right=True)
-            kdoc = torch.searchsorted(cu_kv.to(query.device).long(), kpos, right=True)
-            allowed = qdoc[:, None] == kdoc[None, :]
-            if causal:
-                allowed &= qpos[:, None] >= kpos[None, :]
+            qpos, qdoc = thd_token_positions(cu_q, cp, rank, t, device=query.device)
+            kpos, kdoc = self._key_positions(key.size(0), cu_kv, query.device)
             q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (query, key, value))  # [1, h, t, d]
-            out = self._attend(q, k, v, allowed, False)
+            out = self._attend_documents(q, k, v, qpos, qdoc, kpos, kdoc, causal)
             return out.squeeze(0).transpose(0, 1).reshape(t, -1)  # [t, hq*d]
 
         # sbhd: q [sq, b, hq, d], k/v [sk, b, hkv, d]
@@ -119,7 +123,7 @@ class LocalCoreAttention(MegatronModule):
             key, value = self._gather_kv(key), self._gather_kv(value)
             seq = sq * cp
             qpos = local_positions(seq, cp, rank, device=query.device)
-            kpos = self._gathered_positions(seq, None, query.device)
+            kpos = self._gathered_positions(seq, query.device)
             if attention_mask is not None:
                 m = attention_mask
                 if m.size(-2) == seq:  # a full-sequence mask: keep this rank's query rows
@@ -140,14 +144,22 @@ class LocalCoreAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)  # [sq, b, hq*d]
 
     def _per_document(self, query, key, value, cu_seqlens):
-        """Packed rows without CP: each document's causal attention on its own slice, so SDPA can use
-        its fused causal kernels instead of a dense [t, t] mask (most of it masked out)."""
+        """Packed rows without CP off the varlen path (the CPU): each document's causal attention on its
+        own slice, so SDPA can use its fused causal kernels instead of a dense [t, t] mask (most of it
+        masked out). Reads the boundaries on the host: a device sync, hence not the GPU path."""
         bounds = cu_seqlens.tolist()
         outs = []
         for a, b in zip(bounds[:-1], bounds[1:]):
             q, k, v = (x[a:b].transpose(0, 1).unsqueeze(0) for x in (query, key, value))  # [1, h, n, d]
             outs.append(self._attend(q, k, v, None, True).squeeze(0).transpose(0, 1))
         return torch.cat(outs).reshape(query.size(0), -1)
+
+    def _attend_documents(self, q, k, v, qpos, qdoc, kpos, kdoc, causal: bool):
+        """Attention within documents, given every query's and key's document and position."""
+        allowed = qdoc[:, None] == kdoc[None, :]
+        if causal:
+            allowed &= qpos[:, None] >= kpos[None, :]
+        return self._attend(q, k, v, allowed, False)
 
     # -------------------------------------------------------------------------------- CP helpers
     def _gather_kv(self, x):
@@ -157,27 +169,25 @@ class LocalCoreAttention(MegatronModule):
             x, tensor_parallel_output_grad=True, group=self.cp_group
         )
 
-    def _gathered_positions(self, total: int, cu_seqlens, device):
-        """Global positions of keys in gathered (rank-major) order."""
-        if self.cp == 1:
-            return torch.arange(total, device=device)
-        return torch.cat(
-            [local_positions(total, self.cp, r, cu_seqlens, device=device) for r in range(self.cp)]
-        )
+    def _gathered_positions(self, total: int, device):
+        """Global positions of (unpacked) keys in gathered (rank-major) order."""
+        return torch.cat([local_positions(total, self.cp, r, device=device) for r in range(self.cp)])
+
+    def _key_positions(self, total: int, cu_seqlens, device):
+        """(position, document) of packed keys in gathered (rank-major) order, computed on the device."""
+        parts = [thd_token_positions(cu_seqlens, self.cp, r, total // self.cp, device=device)
+                 for r in range(self.cp)]
+        return torch.cat([p for p, _ in parts]), torch.cat([d for _, d in parts])
 
 
 class FlexCoreAttention(LocalCoreAttention):
-    """The same masks evaluated by ``flex_attention`` (compiled on CUDA, eager on CPU)."""
+    """The same masks evaluated by ``flex_attention`` (compiled on CUDA, eager on CPU); packed rows get
+    block-sparse document masks built from per-token vectors, never a dense [t, t] mask."""
 
     impl = "flex"
     _compiled = None
 
     def _attend(self, q, k, v, allowed, causal: bool):
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-        if self.training and self.dropout > 0:
-            raise NotImplementedError("attention dropout is not supported by flex_attention")
-        sq, sk = q.size(2), k.size(2)
         if allowed is None:
             if causal:
                 def mask_mod(b, h, qi, ki):
@@ -188,7 +198,23 @@ class FlexCoreAttention(LocalCoreAttention):
         else:
             def mask_mod(b, h, qi, ki):
                 return allowed[qi, ki]
-        block_mask = create_block_mask(mask_mod, None, None, sq, sk, device=str(q.device))
+        return self._flex(q, k, v, mask_mod)
+
+    def _attend_documents(self, q, k, v, qpos, qdoc, kpos, kdoc, causal: bool):
+        if causal:
+            def mask_mod(b, h, qi, ki):
+                return (qdoc[qi] == kdoc[ki]) & (qpos[qi] >= kpos[ki])
+        else:
+            def mask_mod(b, h, qi, ki):
+                return qdoc[qi] == kdoc[ki]
+        return self._flex(q, k, v, mask_mod)
+
+    def _flex(self, q, k, v, mask_mod):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        if self.training and self.dropout > 0:
+            raise NotImplementedError("attention dropout is not supported by flex_attention")
+        block_mask = create_block_mask(mask_mod, None, None, q.size(2), k.size(2), device=str(q.device))
         if q.is_cuda:
             if FlexCoreAttention._compiled is None:
                 FlexCoreAttention._compiled = torch.compile(flex_attention, dynamic=False)

@@ -25,19 +25,34 @@ def zigzag_positions(seq_len: int, cp: int, rank: int, device=None) -> torch.Ten
     )
 
 
+def thd_token_positions(cu_seqlens_padded: torch.Tensor, cp: int, rank: int, n_local: int,
+                        device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position in the packed stream, document index) of the `n_local` tokens CP rank `rank` holds:
+    the zigzag of every document. Vectorised, with no device-to-host read, so the model can call it
+    on the GPU in every layer without stalling the host; documents' padded lengths were checked when
+    the row was split on the host (:func:`thd_zigzag_positions`)."""
+    cu = cu_seqlens_padded.to(device=device, dtype=torch.long)
+    local_cu = cu // cp  # each rank holds 1/CP of every document, in document order
+    i = torch.arange(n_local, device=cu.device)
+    doc = torch.searchsorted(local_cu, i, right=True) - 1
+    if cp == 1:
+        return i, doc
+    j = i - local_cu[doc]  # index within this rank's share of the document
+    c = (cu[doc + 1] - cu[doc]) // (2 * cp)  # the document's chunk length
+    within = torch.where(j < c, rank * c + j, (2 * cp - 1 - rank) * c + (j - c))
+    return cu[doc] + within, doc
+
+
 def thd_zigzag_positions(cu_seqlens_padded: torch.Tensor, cp: int, rank: int, device=None) -> torch.Tensor:
-    """Positions in the packed stream held by CP rank `rank`: the zigzag of every document."""
-    bounds = [int(x) for x in cu_seqlens_padded.tolist()]
-    parts = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        length = end - start
-        if length % (2 * cp):
-            raise ValueError(
-                f"packed document of padded length {length} is not a multiple of 2*CP={2 * cp}; "
-                "pad every document to a multiple of 2*CP"
-            )
-        parts.append(start + zigzag_positions(length, cp, rank, device=device))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=device)
+    """Positions in the packed stream held by CP rank `rank`, from boundaries on the host (checked:
+    every document's padded length a multiple of 2*CP)."""
+    lengths = cu_seqlens_padded[1:] - cu_seqlens_padded[:-1]
+    bad = [int(n) for n in lengths if int(n) % (2 * cp)]
+    if bad:
+        raise ValueError(f"packed document of padded length {bad[0]} is not a multiple of 2*CP={2 * cp}; "
+                         "pad every document to a multiple of 2*CP")
+    total = int(cu_seqlens_padded[-1]) if len(cu_seqlens_padded) else 0
+    return thd_token_positions(cu_seqlens_padded, cp, rank, total // cp, device=device)[0]
 
 
 def local_positions(

@@ -20,6 +20,8 @@ from tulu_mcore.config.schema import PrecisionConfig
 from tulu_mcore.config.validate import have_transformer_engine
 from tulu_mcore.dtypes import TORCH_DTYPES
 from tulu_mcore.errors import ConfigError
+from tulu_mcore.models import kernels as kernel_choice
+from tulu_mcore.models import packed_rope
 from tulu_mcore.models.heads import attach_score_head
 from tulu_mcore.models.llama.rope import rope_inv_freq
 from tulu_mcore.models.specs import final_norm_for, stack_spec
@@ -61,6 +63,9 @@ def transformer_config(
     if te and not have_transformer_engine():
         raise ConfigError("attention=te needs Transformer Engine, which is not installed")
     on_gpu = device == "cuda"
+    fuse = kernel_choice.compiles_on(device)
+    if not te:
+        packed_rope.install()  # RoPE through the fusion hooks: no host syncs on packed rows
     kw: dict[str, Any] = dict(
         # shape
         num_layers=2 * arch.num_hidden_layers,  # HybridModel: attention and MLP are separate layers
@@ -98,10 +103,14 @@ def transformer_config(
         perform_initialization=init,
         use_cpu_initialization=not on_gpu,
         transformer_impl="transformer_engine" if te else "local",
-        # fusions: jit/compiled kernels on GPUs, TE kernels only with TE; none on CPU
-        bias_activation_fusion=on_gpu,
-        bias_dropout_fusion=on_gpu,
-        apply_rope_fusion=te,
+        # fusions (model.kernels; by default on GPUs only): megatron's torch.compile'd SwiGLU,
+        # dropout-add and cross entropy; TE kernels only with TE. RoPE always goes through the fusion
+        # hook: TE's kernel, or the project's sync-free one (tulu_mcore.models.packed_rope).
+        bias_activation_fusion=fuse,
+        bias_dropout_fusion=fuse,
+        apply_rope_fusion=True,
+        cross_entropy_loss_fusion=fuse,
+        cross_entropy_fusion_impl="te" if te else "native",
         persist_layer_norm=False,
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,
@@ -130,13 +139,18 @@ def build_model(
     init: bool = True,
     head: str = "lm",
     config_overrides: dict[str, Any] | None = None,
+    kernels: str | None = None,
 ) -> list[HybridModel]:
     """Build this rank's model chunks (one per virtual pipeline stage).
 
     `init=False` skips weight initialisation (the weights are about to be loaded). `head="score"`
     builds a reward model: a scalar head instead of the output layer (never tied to the embedding).
+    `kernels` (model.kernels) sets where the local spec's element-wise functions are compiled
+    (tulu_mcore.models.kernels; None keeps the process's choice).
     Megatron parallel state must be initialised for `layout` first (tulu_mcore.runtime).
     """
+    if kernels is not None:
+        kernel_choice.configure(kernels)
     attention = resolve_attention(attention, device)
     config = transformer_config(
         arch, layout, precision, device=device, attention=attention, init=init,

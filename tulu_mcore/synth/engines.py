@@ -173,7 +173,7 @@ def _megatron(path: str, opts, seed: int, work_dir: Path, label: str) -> TextGen
     if ps.get_tensor_model_parallel_world_size() > 1:
         raise UserError("engine.kind=megatron generates with parallel.tp=1 (each rank its own shards)")
     chunks = build_model(init.arch, rt.layout, cfg.precision, device=rt.device, attention=cfg.model.attention,
-                         init=False)
+                         kernels=cfg.model.kernels, init=False)
     load_init_weights(chunks, init)
     tok = load_tokenizer(tokenizer_path(cfg.model, init))
     engine = MegatronEngine(chunks, eos_id=tok.eos_token_id, max_sequence_length=opts.max_model_len)

@@ -137,8 +137,8 @@ class TrainingRun:
         config_overrides.update(overrides or {})
         self.config_overrides = config_overrides
         chunks = build_model(self.arch, lay, cfg.precision, device=self.rt.device, attention=cfg.model.attention,
-                             init=self.init.kind == "none" and self.latest is None, head=head,
-                             config_overrides=config_overrides)
+                             kernels=cfg.model.kernels, init=self.init.kind == "none" and self.latest is None,
+                             head=head, config_overrides=config_overrides)
         if self.latest is None:
             load_init_weights(chunks, self.init, head=head)
         self.head = head
@@ -157,7 +157,7 @@ class TrainingRun:
 
         cfg = self.cfg
         chunks = build_model(self.arch, self.layout, cfg.precision, device=self.rt.device,
-                             attention=cfg.model.attention, init=False, head=self.head,
+                             attention=cfg.model.attention, kernels=cfg.model.kernels, init=False, head=self.head,
                              config_overrides=self.config_overrides)
         if self.latest is None:
             for ref, policy in zip(chunks, self.model):

@@ -11,7 +11,8 @@ from megatron.core.distributed import (
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.transformer.module import Float16Module
 
-from tulu_mcore.config.schema import OptimConfig, PrecisionConfig
+from tulu_mcore.config.schema import ADAM_IMPLS, OptimConfig, PrecisionConfig
+from tulu_mcore.errors import ConfigError
 
 
 def wrap_for_training(chunks, precision: PrecisionConfig, optim: OptimConfig) -> list[DistributedDataParallel]:
@@ -36,7 +37,7 @@ def wrap_for_training(chunks, precision: PrecisionConfig, optim: OptimConfig) ->
 
 def build_optimizer(model, precision: PrecisionConfig, optim: OptimConfig):
     config = model[0].config
-    return get_megatron_optimizer(
+    optimizer = get_megatron_optimizer(
         OptimizerConfig(
             optimizer="adam",  # AdamW: decoupled weight decay
             lr=optim.lr,
@@ -57,6 +58,33 @@ def build_optimizer(model, precision: PrecisionConfig, optim: OptimConfig):
         # defaults (no decay on norms and biases)
         config_overrides={} if optim.decay_norms_and_biases else None,
     )
+    set_adam_impl(optimizer, optim.impl, "cuda" if next(model[0].parameters()).is_cuda else "cpu")
+    return optimizer
+
+
+def inner_optimizers(optimizer) -> list:
+    """The torch optimizers inside megatron's (chained, distributed, mixed-precision) wrappers."""
+    if hasattr(optimizer, "chained_optimizers"):
+        return [o for c in optimizer.chained_optimizers for o in inner_optimizers(c)]
+    return [optimizer.optimizer]
+
+
+def set_adam_impl(optimizer, impl: str, device: str) -> None:
+    """optim.impl: how torch's AdamW steps (megatron takes it when neither Transformer Engine nor
+    Apex provides a fused Adam). `auto`: one fused kernel on CUDA (the foreach loop over tensors is
+    torch's own default there), the plain loop on the CPU; `fused`, `foreach`, `for_loop` force one.
+    Every variant computes the same update up to float rounding. TE's FusedAdam is always fused."""
+    if impl not in ADAM_IMPLS:
+        raise ConfigError(f"optim.impl={impl!r} is not one of {list(ADAM_IMPLS)}")
+    for inner in inner_optimizers(optimizer):
+        if not isinstance(inner, torch.optim.AdamW):  # TE's / Apex's FusedAdam
+            if impl in ("foreach", "for_loop"):
+                raise ConfigError(f"optim.impl={impl}: the optimizer is {type(inner).__module__}."
+                                  f"{type(inner).__name__}, always fused; use optim.impl=auto")
+            continue
+        chosen = ("fused" if device == "cuda" else "for_loop") if impl == "auto" else impl
+        for group in inner.param_groups:  # read at every step, so setting them after construction holds
+            group["fused"], group["foreach"] = chosen == "fused", chosen == "foreach"
 
 
 def build_scheduler(optimizer, optim: OptimConfig, total_steps: int):

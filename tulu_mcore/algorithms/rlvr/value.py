@@ -35,7 +35,8 @@ class ValueModel:
         self.arch = source.arch if init and source.arch is not None else tr.arch
         self.init, self.hf_config = source, source.hf_config
         chunks = build_model(self.arch, tr.layout, cfg.precision, device=tr.rt.device, attention=cfg.model.attention,
-                             init=source.kind == "none", head="score", config_overrides=tr.config_overrides)
+                             kernels=cfg.model.kernels, init=source.kind == "none", head="score",
+                             config_overrides=tr.config_overrides)
         if tr.latest is None:
             load_init_weights(chunks, source, head="score")
             what = f"rlvr.value_init={init}" if init else "the policy's initial weights (a fresh value head)"
