@@ -31,6 +31,10 @@ def run(mode: str, args, root: Path, i: int) -> dict:
                  "metrics.progress=false", f"dpo.reference={mode}", f"precision={args.precision}"]
     if args.init:
         overrides.append(f"model.init={args.init}")
+    if args.tokenizer:
+        from tulu_mcore.data.sources import TINY_TOKENIZER
+
+        overrides.append(f"model.tokenizer={TINY_TOKENIZER if args.tokenizer == 'tiny' else args.tokenizer}")
     if args.width:
         w = args.width
         overrides += [f"model.arch.hidden_size={w}", f"model.arch.intermediate_size={int(w * 2.6875)}",
@@ -59,6 +63,8 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--repeat", type=int, default=1, help="alternate cache/live runs this many times")
+    p.add_argument("--tokenizer", default=None, help="model.tokenizer (tiny: the built-in one, for random weights)")
+    p.add_argument("--json", default=None, help="also write the summary here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -69,8 +75,11 @@ def main() -> None:
     cache = statistics.median(r["median_step_s"] for r in results["cache"])
     live = statistics.median(r["median_step_s"] for r in results["live"])
     same = results["cache"][0]["losses"] == results["live"][0]["losses"]
-    print(json.dumps({"args": vars(args), "cache_step_s": cache, "live_step_s": live, "ratio": cache / live,
-                      "identical_losses": same, "runs": results}, indent=1))
+    summary = {"args": vars(args), "cache_step_s": cache, "live_step_s": live, "ratio": cache / live,
+               "identical_losses": same, "runs": results}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary) + "\n")
 
 
 if __name__ == "__main__":

@@ -29,25 +29,26 @@ def sh(cmd: list[str]) -> str:
     return proc.stdout
 
 
-def verify(hf: Path, ckpt: Path, dtype: str, seq: int) -> dict:
-    out = sh(CLI + ["verify", str(hf), str(ckpt), "--device", "cuda", "--dtype", dtype, "--seq-len", str(seq)])
+def verify(hf: Path, ckpt: Path, dtype: str, seq: int, device: str = "cuda") -> dict:
+    out = sh(CLI + ["verify", str(hf), str(ckpt), "--device", device, "--dtype", dtype, "--seq-len", str(seq)])
     return dict(re.findall(r"^(\w+)=(.*)$", out, flags=re.M))
 
 
-def parity(work: Path, record) -> dict:
+def parity(work: Path, record, device: str = "cuda") -> dict:
     import torch
 
     from tulu_mcore.config.compose import model_preset
     from tulu_mcore.models.llama.tiny import make_hf_llama
 
     res = {}
-    for name, preset, dtype, std in (("1b", "llama3_2_1b", torch.bfloat16, 0.02), ("tiny", "tiny", torch.float32, 0.1)):
+    models = (("1b", "llama3_2_1b", torch.bfloat16, 0.02), ("tiny", "tiny", torch.float32, 0.1))
+    for name, preset, dtype, std in models if device == "cuda" else models[1:]:
         hf, ckpt = work / f"{name}-hf", work / f"{name}-mcore"
         make_hf_llama(hf, model_preset(preset).arch, dtype=dtype, init_std=std, max_shard_size="1GB")
         sh(CLI + ["hf-to-mcore", str(hf), str(ckpt), "--overwrite"])
         record(f"converted {name}", {})
         for compute in ("bf16", "fp32"):
-            r = verify(hf, ckpt, compute, 256)
+            r = verify(hf, ckpt, compute, 256, device)
             res[f"{name}_{compute}"] = r
             record(f"parity {name} {compute}", r)
     return res
@@ -137,6 +138,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--parity-only", action="store_true", help="skip the timing")
+    ap.add_argument("--device", default="cuda", help="cpu: a dry run of the parity checks")
     args = ap.parse_args()
     from tulu_mcore.runtime.logs import quiet_known_warnings
 
@@ -156,11 +159,12 @@ def main() -> None:
                 f.write(line + "\n")
 
     res = {}
-    out = sh([sys.executable, __file__, "--timing", "--seq", str(args.seq), "--iters", str(args.iters),
-              "--warmup", str(args.warmup)])
-    res["timing"] = json.loads(out.split("TIMING ", 1)[1])
-    record("timing", res["timing"])
-    res["parity"] = parity(work, record)
+    if not args.parity_only:
+        out = sh([sys.executable, __file__, "--timing", "--seq", str(args.seq), "--iters", str(args.iters),
+                  "--warmup", str(args.warmup)])
+        res["timing"] = json.loads(out.split("TIMING ", 1)[1])
+        record("timing", res["timing"])
+    res["parity"] = parity(work, record, args.device)
     print(json.dumps(res, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")

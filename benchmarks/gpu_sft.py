@@ -8,7 +8,15 @@ AdamW states (distributed optimizer), the SFT step of `tulu-train recipe=sft`. t
 weights under bf16 autocast (its usual mixed precision), SDPA attention with the same block-diagonal
 masks and per-document positions, fused torch AdamW; the same sum loss.
 
+Variants of our step, to measure each change on its own: `--attention te` (Transformer Engine spec)
+with `--fp8 hybrid --fp8-recipe delayed|tensorwise`; `--kernels eager` (no compiled norm/RoPE/SwiGLU/
+cross entropy), `--optim-impl foreach` (torch's default AdamW on CUDA), `--per-document` (the CPU's
+attention loop, which reads document boundaries on the host, instead of varlen flash attention).
+`--layers N` keeps the first N decoder layers (an 8B slice); `--sync-debug` counts host syncs in one
+extra step (torch.cuda.set_sync_debug_mode); every step's loss is recorded (FP8 vs bf16 curves).
+
     python benchmarks/gpu_sft.py --model llama3_2_1b --steps 50 --jsonl out.jsonl   # on a GPU
+    python benchmarks/gpu_sft.py --model llama3_1_8b --layers 4 --seq 8192 --batch 32 --steps 10
     python benchmarks/gpu_sft.py --model tiny --device cpu --steps 3 --seq 256       # a dry run
 """
 
@@ -75,28 +83,60 @@ def summarize(arch, steps_data, times, warmup: int, device: str) -> dict:
             "peak_mem_GiB": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
 
 
+def overrides(args) -> list[str]:
+    out = [f"model={args.model}", f"precision={args.precision}", f"model.attention={args.attention}",
+           f"model.kernels={args.kernels}", f"optim.impl={args.optim_impl}", f"runtime.device={args.device}",
+           f"train.seq_length={args.seq}", "train.global_batch_size=1", "optim.lr=1e-5", "recipe=sft"]
+    if args.layers:
+        out.append(f"model.arch.num_hidden_layers={args.layers}")
+    if args.fp8:
+        out += [f"precision.fp8={args.fp8}", f"precision.fp8_recipe={args.fp8_recipe}"]
+    return out
+
+
+def count_syncs(step, rows) -> int:
+    """Host syncs torch reports (set_sync_debug_mode) during one step."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode(1)
+        try:
+            step(rows)
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def run_tulu(args, steps_data):
     from tulu_mcore import runtime
     from tulu_mcore.config.compose import compose
+    from tulu_mcore.models import kernels
     from tulu_mcore.models.factory import build_model
     from tulu_mcore.training.setup import build_optimizer, wrap_for_training
     from tulu_mcore.training.step import packed_forward_step, train_step
 
-    cfg = compose([f"model={args.model}", f"precision={args.precision}", "model.attention=sdpa",
-                   f"runtime.device={args.device}", f"train.seq_length={args.seq}", "train.global_batch_size=1",
-                   "optim.lr=1e-5", "recipe=sft"])
+    cfg = compose(overrides(args))
     rt = runtime.setup(cfg)
-    chunks = build_model(cfg.model.arch, rt.layout, cfg.precision, device=rt.device, attention="sdpa",
-                         config_overrides={"calculate_per_token_loss": True})
+    if args.per_document:
+        kernels.varlen_supported = lambda q, dropout: False
+    chunks = build_model(cfg.model.arch, rt.layout, cfg.precision, device=rt.device, attention=cfg.model.attention,
+                         kernels=cfg.model.kernels, config_overrides={"calculate_per_token_loss": True})
     model = wrap_for_training(chunks, cfg.precision, cfg.optim)
     opt = build_optimizer(model, cfg.precision, cfg.optim)
+    losses = []
 
     def step(rows):
-        train_step(model, opt, [r.as_batch() for r in rows], seq_length=args.seq, micro_batch_size=1,
-                   forward_step=packed_forward_step, reduction="sum")
+        r = train_step(model, opt, [r.as_batch() for r in rows], seq_length=args.seq, micro_batch_size=1,
+                       forward_step=packed_forward_step, reduction="sum")
+        losses.append(r.loss)
 
     times = timed(step, steps_data, args.warmup, rt.device)
     out = summarize(cfg.model.arch, steps_data, times, args.warmup, rt.device)
+    out["losses"] = losses
+    if args.sync_debug and rt.device == "cuda":
+        out["host_syncs_per_step"] = count_syncs(step, steps_data[-1])
     del model, opt, chunks
     runtime.teardown()
     return cfg.model.arch, out
@@ -146,18 +186,32 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--jsonl", default=None)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--only-transformers", action="store_true")
+    ap.add_argument("--layers", type=int, default=None, help="keep this many decoder layers (a slice)")
+    ap.add_argument("--attention", default="sdpa", help="sdpa | flex | te")
+    ap.add_argument("--fp8", default=None, help="e4m3 | hybrid (Transformer Engine)")
+    ap.add_argument("--fp8-recipe", default="delayed")
+    ap.add_argument("--kernels", default="auto", help="model.kernels: auto | compiled | eager")
+    ap.add_argument("--optim-impl", default="auto", help="optim.impl: auto | fused | foreach | for_loop")
+    ap.add_argument("--per-document", action="store_true", help="attention loop over documents (host syncs)")
+    ap.add_argument("--sync-debug", action="store_true")
+    ap.add_argument("--label", default=None, help="names this variant in the output")
     args = ap.parse_args()
-    from tulu_mcore.config.compose import model_preset
+    from tulu_mcore.config.compose import compose
     from tulu_mcore.runtime.logs import quiet_known_warnings
 
     quiet_known_warnings()
-    arch = model_preset(args.model).arch
+    arch = compose(overrides(args)).model.arch
     steps_data = synthetic_rows(arch.vocab_size, args.steps + args.warmup, args.batch, args.seq)
-    arch, tulu = run_tulu(args, steps_data)
-    record(args, "tulu_mcore", {"model": args.model, "device": args.device, **tulu})
+    shape = {"model": args.model, "layers": arch.num_hidden_layers, "seq": args.seq, "batch": args.batch,
+             "device": args.device}
+    if not args.only_transformers:
+        variant = {k: getattr(args, k) for k in ("attention", "fp8", "fp8_recipe", "kernels", "optim_impl",
+                                                 "per_document", "precision")}
+        arch, tulu = run_tulu(args, steps_data)
+        record(args, "tulu_mcore", {"label": args.label, **shape, **variant, **tulu})
     if not args.skip_transformers:
-        record(args, "transformers", {"model": args.model, "device": args.device,
-                                      **run_transformers(args, arch, steps_data)})
+        record(args, "transformers", {"label": "transformers", **shape, **run_transformers(args, arch, steps_data)})
 
 
 if __name__ == "__main__":

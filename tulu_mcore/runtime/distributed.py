@@ -99,4 +99,22 @@ def init_process_group(device: str, env: DistEnv | None = None, timeout_s: int =
         world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
+    host_group()
     return env
+
+
+_host_group: list = []
+
+
+def host_group():
+    """A process group over every rank for values that live on the host (stop flags, step counts):
+    gloo, so reducing them never waits for the GPU's work queue (an NCCL reduction of a CUDA tensor,
+    read back, would be a device sync). None (the default group) when that is gloo already. Made with
+    the default group (:func:`init_process_group`), since every rank must create it together."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None
+    if not _host_group:
+        _host_group.append(dist.new_group(backend="gloo"))
+    return _host_group[0]

@@ -280,10 +280,11 @@ class TrainingRun:
         the FLOPs, e.g. 4/3 for a reference forward beside the training step)."""
         from megatron.core import parallel_state as ps
 
+        # counted on the host and reduced there (gloo): no device sync for the step's report
         counts = torch.tensor([sum(r.real_tokens for r in rows), len(rows), sum(r.tokens.shape[1] for r in rows),
                                training_flops(self.arch, [n for r in rows for n in r.seq_lens]) * passes],
-                              dtype=torch.float64, device=self.device)
-        dist.all_reduce(counts, group=ps.get_data_parallel_group())
+                              dtype=torch.float64)
+        dist.all_reduce(counts, group=ps.get_data_parallel_group_gloo())
         tokens, n_rows, row_tokens, flops = counts.tolist()
         tflops = flops / seconds / dist.get_world_size() / 1e12
         return {"tokens": int(tokens), "microbatches": int(n_rows) // self.dp_size,
@@ -300,7 +301,7 @@ class TrainingRun:
         step_s, self.step_ended = now - self.step_ended, now
         self.step_s = step_s
         late = self.late_within_step or (step < self.total_steps and self.deadline.too_close(step_s))
-        stopped = self.stop.requested(self.device, also=late) or self.stop_within_step
+        stopped = self.stop.requested(also=late) or self.stop_within_step
         if stopped or step == self.total_steps or step % self.cfg.train.save_interval == 0:
             self.timed_save(step, cursor)
         if stopped:
@@ -315,7 +316,7 @@ class TrainingRun:
         before it changed the model raises :class:`StepAbandoned`; after, it skips what is left and the
         loop stops at its end."""
         late = self.step_s is not None and self.deadline.too_close(rest_s, step_s=0.0)
-        if self.stop.requested(self.device, also=late):
+        if self.stop.requested(also=late):
             self.stop_within_step, self.late_within_step = True, late
             return True
         return False

@@ -51,11 +51,14 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
-    def requested(self, device: str = "cpu", also: bool = False) -> bool:
-        """Whether any rank received a stop signal (or has its own reason: `also`)."""
-        flag = torch.tensor([1 if self.received is not None or also else 0], device=device)
+    def requested(self, also: bool = False) -> bool:
+        """Whether any rank received a stop signal (or has its own reason: `also`). Reduced on the host
+        (gloo): asking costs no device sync."""
+        from tulu_mcore.runtime.distributed import host_group
+
+        flag = torch.tensor([1 if self.received is not None or also else 0])
         if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=host_group())
         return bool(flag.item())
 
     def name(self) -> str:
