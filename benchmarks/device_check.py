@@ -28,7 +28,8 @@ def record(args, what: str, data: dict) -> None:
 
 
 def env(args) -> None:
-    from importlib.metadata import PackageNotFoundError, version as dist_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
     def version(dist):
         try:
@@ -65,6 +66,7 @@ def packed(args) -> None:
     import warnings
 
     from gpu_sft import synthetic_rows  # beside this file
+
     from tulu_mcore import runtime
     from tulu_mcore.models import kernels
     from tulu_mcore.training.step import packed_forward

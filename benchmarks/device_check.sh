@@ -6,11 +6,12 @@
 #   bash benchmarks/device_check.sh OUT                # on the GPU machine, in the project root
 #   DRY_RUN=1 bash benchmarks/device_check.sh OUT      # the same stages on the CPU, tiny shapes (~5 min)
 #
-# Stages: environment; bf16/fp32 parity vs transformers (tiny + 1B, and the TE spec when TE is there);
-# packed attention (varlen vs the per-document loop: difference, time, host syncs); SFT step tokens/s,
-# TFLOP/s and MFU, ours (and each change switched off in turn) vs transformers + fused AdamW on the same
-# packed rows (1B; an 8B slice of 4 layers at 4096 and 8192); TE bf16 and FP8 (delayed, tensorwise)
-# with the loss curves; the DPO step with the reference cache vs a live reference; megatron-engine
+# Stages, most important first: environment; the GPU test tier (tests/gpu: no host syncs in the packed
+# forward/backward, varlen vs the document loop, compiled kernels vs eager); bf16/fp32 parity vs
+# transformers (tiny + 1B); SFT step tokens/s, TFLOP/s and MFU vs transformers + fused AdamW on the same
+# packed rows (1B; an 8B slice of 4 layers at 4096 and 8192); with Transformer Engine: TE-spec parity,
+# TE bf16 and FP8 (delayed, tensorwise) with their loss curves; each speed-up switched off in turn (1B);
+# packed attention timing; the DPO step with the reference cache vs a live reference; megatron-engine
 # generation. Transformer Engine is installed first when staged by benchmarks/device/stage_te.sh (.te/).
 # The whole run keeps to BUDGET_S (default 470 s): a stage gets at most what is left, and stages that
 # would start with under 15 s left are recorded as skipped. TULU_COMMIT names the commit in the report.
@@ -57,28 +58,31 @@ have_te=$($py -c "import transformer_engine.pytorch; print(1)" 2>/dev/null || ec
 [ -n "${DRY_RUN:-}" ] && have_te=0
 
 stage env 60 $py "$here/device_check.py" env "${dev[@]}" --jsonl "$jsonl"
+# the GPU test tier: the fast path reads nothing back to the host and matches the CPU's document loop
+stage gpu_tests 150 $py -m pytest -q -p no:cacheprovider "$(dirname "$here")/tests/gpu"
 stage parity 150 $py "$here/gpu_foundation.py" --parity-only "${dev[@]}" --workdir "$out/parity" --jsonl "$jsonl"
-stage packed 90 $py "$here/device_check.py" packed "${dev[@]}" --model $one_b --precision $prec --seq $s1 --jsonl "$jsonl"
 
 sft=($py "$here/gpu_sft.py" "${dev[@]}" --precision $prec "${steps[@]}" --jsonl "$jsonl")
 stage sft_1b 150 "${sft[@]}" --model $one_b --seq $s1 --sync-debug --label ours
+stage sft_8b_slice_$s1 150 "${sft[@]}" --model $eight_b --layers $layers --seq $s1 --batch 24 --label ours
+stage sft_8b_slice_$s2 180 "${sft[@]}" --model $eight_b --layers $layers --seq $s2 --batch 48 --label ours
+if [ "$have_te" = 1 ]; then
+  stage te_parity 120 $py -m tulu_mcore.cli.convert verify "$out/parity/1b-hf" "$out/parity/1b-mcore" --device cuda \
+    --dtype bf16 --seq-len 256 --attention te
+  stage te_bf16 150 "${sft[@]}" --model $eight_b --layers $layers --seq $s1 --batch 24 --attention te \
+    --skip-transformers --label "TE bf16"
+  for recipe in delayed tensorwise; do
+    stage te_fp8_$recipe 150 "${sft[@]}" --model $eight_b --layers $layers --seq $s1 --batch 24 --attention te \
+      --fp8 hybrid --fp8-recipe $recipe --skip-transformers --label "TE FP8 $recipe"
+  done
+fi
 # each change switched off in turn (ours alone: the transformers baseline ran above)
 stage sft_1b_per_document 90 "${sft[@]}" --model $one_b --seq $s1 --skip-transformers --per-document \
   --label "per-document attention"
 stage sft_1b_eager 90 "${sft[@]}" --model $one_b --seq $s1 --skip-transformers --kernels eager --label "eager kernels"
 stage sft_1b_foreach 90 "${sft[@]}" --model $one_b --seq $s1 --skip-transformers --optim-impl foreach \
   --label "foreach AdamW"
-stage sft_8b_slice_$s1 150 "${sft[@]}" --model $eight_b --layers $layers --seq $s1 --batch 24 --label ours
-stage sft_8b_slice_$s2 180 "${sft[@]}" --model $eight_b --layers $layers --seq $s2 --batch 48 --label ours
-if [ "$have_te" = 1 ]; then
-  stage te_parity 120 $py -m tulu_mcore.cli.convert verify "$out/parity/1b-hf" "$out/parity/1b-mcore" --device cuda \
-    --dtype bf16 --seq-len 256 --attention te
-  stage te_bf16 150 "${sft[@]}" --model $eight_b --layers $layers --seq $s1 --batch 24 --attention te --skip-transformers --label 'TE bf16'
-  for recipe in delayed tensorwise; do
-    stage te_fp8_$recipe 150 "${sft[@]}" --model $eight_b --layers $layers --seq $s1 --batch 24 --attention te --fp8 hybrid \
-      --fp8-recipe $recipe --skip-transformers --label "TE FP8 $recipe"
-  done
-fi
+stage packed 90 $py "$here/device_check.py" packed "${dev[@]}" --model $one_b --precision $prec --seq $s1 --jsonl "$jsonl"
 stage dpo 150 $py "$here/dpo_reference.py" --model $one_b "${dev[@]}" --precision $prec --ranks 1 --steps 6 \
   --tokenizer tiny --json "$out/dpo.json"
 [ -f "$out/dpo.json" ] && $py -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps({'what': 'dpo', **d}))" \

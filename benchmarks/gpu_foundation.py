@@ -57,6 +57,7 @@ def parity(work: Path, record, device: str = "cuda") -> dict:
 def timing(seq: int, iters: int, warmup: int) -> dict:
     """Runs in a fresh process (python benchmarks/gpu_foundation.py --timing)."""
     import torch
+    from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from tulu_mcore import runtime
     from tulu_mcore.config.compose import compose
@@ -64,7 +65,6 @@ def timing(seq: int, iters: int, warmup: int) -> dict:
     from tulu_mcore.models.factory import build_model
     from tulu_mcore.training.setup import build_optimizer, wrap_for_training
     from tulu_mcore.training.step import lm_forward_step, train_step
-    from megatron.core.pipeline_parallel import get_forward_backward_func
 
     cfg = compose(["model=llama3_2_1b", "precision=bf16", "model.attention=sdpa", "runtime.device=cuda",
                    f"train.seq_length={seq}", "train.global_batch_size=1", "optim.lr=1e-5"])

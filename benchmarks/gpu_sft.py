@@ -125,18 +125,19 @@ def run_tulu(args, steps_data):
                          kernels=cfg.model.kernels, config_overrides={"calculate_per_token_loss": True})
     model = wrap_for_training(chunks, cfg.precision, cfg.optim)
     opt = build_optimizer(model, cfg.precision, cfg.optim)
-    losses = []
+    losses, held = [], {"model": model, "opt": opt}  # dropped before the transformers baseline
 
     def step(rows):
-        r = train_step(model, opt, [r.as_batch() for r in rows], seq_length=args.seq, micro_batch_size=1,
-                       forward_step=packed_forward_step, reduction="sum")
-        losses.append(r.loss)
+        result = train_step(held["model"], held["opt"], [row.as_batch() for row in rows], seq_length=args.seq,
+                            micro_batch_size=1, forward_step=packed_forward_step, reduction="sum")
+        losses.append(result.loss)
 
     times = timed(step, steps_data, args.warmup, rt.device)
     out = summarize(cfg.model.arch, steps_data, times, args.warmup, rt.device)
     out["losses"] = losses
     if args.sync_debug and rt.device == "cuda":
         out["host_syncs_per_step"] = count_syncs(step, steps_data[-1])
+    held.clear()
     del model, opt, chunks
     runtime.teardown()
     return cfg.model.arch, out

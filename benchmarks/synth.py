@@ -72,7 +72,9 @@ def main() -> None:
                                              if k in rep}}
             print(f"{name}/{engine}: {json.dumps(results[f'{name}/{engine}'])}", flush=True)
     d = out / "rlvr"
-    from tulu_mcore.data.sources import BUILTIN  # the raw prompts: template-made, they overlap the held-out ones
+    from tulu_mcore.data.sources import (
+        BUILTIN,  # the raw prompts: template-made, they overlap the held-out ones
+    )
 
     seconds = synth("rlvr", ["kind=ifeval", f"source=[{BUILTIN['builtin:rlvr-demo']}]", f"out={d}", *common])
     rep = json.loads((d / "report.json").read_text())

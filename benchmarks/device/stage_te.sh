@@ -63,11 +63,13 @@ fi
 ext=$(ls "$out"/transformer_engine_torch-"$TE_VERSION"-*.whl)
 core=$(ls "$cache"/dl/transformer_engine_cu"$cuda_major"-"$TE_VERSION"-*.whl)
 
-# Check: the extension must load in the build venv (needs no GPU; it only links torch and
-# libtransformer_engine, both found at runtime on the GPU machine).
+# Check (no GPU needed): the extension loads, i.e. every symbol it needs from torch and
+# libtransformer_engine resolves. torch goes first: it puts libnccl/libcublas on the loader's list,
+# which libtransformer_engine needs (the same holds on the GPU machine).
 "$py" -m pip install -q --no-deps "$ext" "$core" "$cache/dl/transformer_engine-$TE_VERSION-py3-none-any.whl"
 "$py" -m pip install -q --no-index --no-deps "$cache"/deps/*.whl
-"$py" -c "import transformer_engine.pytorch as te; print('import ok, TE', te.__version__ if hasattr(te, '__version__') else '')"
+"$py" -c "import torch, transformer_engine.common as c; c.load_framework_extension('torch')
+import transformer_engine_torch as tex; print('extension loads; cuDNN', tex.get_cudnn_version())"
 
 # Lay out .te/ in the repo root, ignored by git (a worktree's exclude file is in the common dir).
 exclude=$(cd "$root" && realpath -m "$(git rev-parse --git-path info/exclude)")
