@@ -1,5 +1,6 @@
-"""GPU tier (runs only where CUDA is visible): parity with transformers on the device, and a training
-step of the tiny model with the local spec."""
+"""GPU tier (runs only where CUDA is visible): parity with transformers on the device, training steps of
+the tiny model with the local spec, the packed-row fast path (no host syncs; varlen vs the document loop),
+compiled kernels vs eager, and the Transformer Engine spec (bf16, FP8) against the local spec."""
 
 import re
 
@@ -64,3 +65,31 @@ def test_compiled_kernels_match_eager(mode):
     cp1 = type("G", (), {"size": lambda self: 1, "rank": lambda self: 0})()
     torch.testing.assert_close(got_rope, rope_utils._apply_rotary_pos_emb_thd(t, cu, freqs, cp_group=cp1),
                                rtol=1.6e-2, atol=1e-2)
+
+
+TE_CASES = [("bf16", []), ("fp8_delayed", ["precision.fp8=hybrid", "precision.fp8_recipe=delayed"]),
+            ("fp8_tensorwise", ["precision.fp8=hybrid", "precision.fp8_recipe=tensorwise"])]
+
+
+GPU_STEPS = ["runtime.device=cuda", "precision=bf16", "train.global_batch_size=8", "train.seq_length=64",
+             "optim.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def local_spec_bf16_steps(tiny_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "steps.json"
+    run_worker("train_steps.py", [tiny_ckpt["untied"], out, *GPU_STEPS, "model.attention=sdpa"], nproc=1)
+    return read_json(out)["steps"]
+
+
+@pytest.mark.parametrize("name,extra", TE_CASES, ids=[c[0] for c in TE_CASES])
+def test_te_spec_tracks_the_local_spec(tiny_ckpt, tmp_path, local_spec_bf16_steps, name, extra):
+    """The Transformer Engine spec (bf16; FP8 with delayed and tensorwise scaling) trains the same steps
+    as the local spec: the first loss (same weights, same batch) and the curve within bf16/FP8 noise."""
+    pytest.importorskip("transformer_engine.pytorch")
+    out = tmp_path / "te.json"
+    run_worker("train_steps.py", [tiny_ckpt["untied"], out, *GPU_STEPS, "model.attention=te", *extra], nproc=1)
+    te = read_json(out)["steps"]
+    tol = 0.02 if name == "bf16" else 0.05
+    for got, want in zip(te, local_spec_bf16_steps):
+        assert abs(got["loss"] - want["loss"]) <= tol * abs(want["loss"]), (name, te, local_spec_bf16_steps)
