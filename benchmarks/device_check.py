@@ -10,21 +10,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
 import time
 
 import torch
-
-
-def record(args, what: str, data: dict) -> None:
-    line = json.dumps({"what": what, **data})
-    print(line, flush=True)
-    if args.jsonl:
-        with open(args.jsonl, "a") as f:
-            f.write(line + "\n")
+from gpu_sft import record, synthetic_rows  # beside this file
 
 
 def env(args) -> None:
@@ -64,8 +56,6 @@ def packed(args) -> None:
     """One packed row through the model twice, varlen flash attention vs the per-document loop: the
     outputs' difference, each path's time, and the host syncs torch reports in a forward+backward."""
     import warnings
-
-    from gpu_sft import synthetic_rows  # beside this file
 
     from tulu_mcore import runtime
     from tulu_mcore.models import kernels

@@ -2,6 +2,8 @@
 against the per-document zigzag, the RoPE hook against megatron-core's own unfused THD RoPE, the
 varlen-attention adapter against both of torch's signatures, and the AdamW implementations."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from megatron.core.models.common.embeddings import rope_utils
@@ -32,15 +34,8 @@ def test_token_positions_are_each_documents_zigzag(cp):
         assert pos.tolist() == want_pos and doc.tolist() == want_doc
 
 
-class Group:  # what megatron's THD RoPE asks of a CP group
-    def __init__(self, size, rank):
-        self._size, self._rank = size, rank
-
-    def size(self):
-        return self._size
-
-    def rank(self):
-        return self._rank
+def cp_group(size: int, rank: int) -> SimpleNamespace:  # what megatron's THD RoPE asks of a CP group
+    return SimpleNamespace(size=lambda: size, rank=lambda: rank)
 
 
 @pytest.mark.parametrize("cp", [1, 2])
@@ -50,7 +45,7 @@ def test_rope_hook_equals_megatron_unfused(cp):
     freqs = torch.randn(64, 1, 1, 16, generator=g)
     for rank in range(cp):
         t = torch.randn(int(cu[-1]) // cp, 3, 16, generator=g)
-        want = rope_utils._apply_rotary_pos_emb_thd(t, cu, freqs, cp_group=Group(cp, rank))
+        want = rope_utils._apply_rotary_pos_emb_thd(t, cu, freqs, cp_group=cp_group(cp, rank))
         assert torch.equal(rope_thd(t, cu, freqs, cp_size=cp, cp_rank=rank), want)
     s = torch.randn(10, 2, 3, 16, generator=g)
     assert torch.equal(rope_bshd(s, freqs[:10]), rope_utils._apply_rotary_pos_emb_bshd(s, freqs[:10]))
