@@ -26,7 +26,7 @@ TE_SITE=${TE_SITE:-/tmp/te-site}
   [ "${TE_SMOKE:-1}" = 0 ] && exit 0
   PYTHONPATH="$TE_SITE${PYTHONPATH:+:$PYTHONPATH}" python3 - <<'EOF'
 import sys, traceback, warnings
-import torch
+import torch  # first: it loads libnccl/libcublas from the nvidia-* wheels that libtransformer_engine needs
 import transformer_engine.pytorch as te
 from transformer_engine.common import recipe
 from importlib.metadata import version

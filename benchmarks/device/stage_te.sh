@@ -7,8 +7,8 @@
 #   .te/0/           transformer_engine, the built transformer_engine_torch, TE's Python deps, CORE_NAME
 #   .te/1, .te/2 ..  the core wheel (transformer_engine_cu13, ~265 MiB) in parts of at most 56 MiB
 # so that each folder fits one 64 MiB transfer. Needs Python 3.12 ($PYTHON), a CUDA toolkit
-# ($CUDA_HOME, for nvcc and the CUDA runtime headers), g++ and PyPI. The first run compiles for
-# 30-60 min on one core (MAX_JOBS=1 by default); later runs reuse the cache and take seconds.
+# ($CUDA_HOME, for nvcc and the CUDA runtime headers), g++ and PyPI. The first run compiles for about
+# 15 min on one core (MAX_JOBS=1 by default); later runs reuse the cache and take seconds.
 set -euo pipefail
 
 TE_VERSION=${TE_VERSION:-2.20.2}
@@ -28,7 +28,7 @@ mkdir -p "$cache/dl" "$out"
 if ! "$py" -c "import torch; assert torch.__version__.split('+')[0] == '$TORCH_VERSION'" 2>/dev/null; then
   rm -rf "$venv"
   "$PYTHON" -m venv "$venv"
-  "$py" -m pip install -q "torch==$TORCH_VERSION" "setuptools<82" wheel packaging ninja pybind11
+  "$py" -m pip install -q "torch==$TORCH_VERSION" "setuptools<82" wheel packaging ninja pybind11 numpy
 fi
 cuda_major=$("$py" -c "import torch; print(torch.version.cuda.split('.')[0])")
 nv=$("$py" -c "import nvidia; print(list(nvidia.__path__)[0])")
