@@ -1,5 +1,6 @@
-"""RoPE on a packed row: the project's hook (per-token positions on the device, one gather) against
-megatron-core's unfused THD RoPE (the row split per document on the host), same inputs, on this machine.
+"""RoPE on a packed row: the project's hook (per-token positions on the device, one gather; eager, and
+compiled as model.kernels=auto does on GPUs) against megatron-core's unfused THD RoPE (the row split per
+document on the host), same inputs, on this machine.
 
     python benchmarks/packed_rope.py --tokens 4096 --docs 16 --heads 32 --dim 64 --repeat 20
 """
@@ -17,6 +18,7 @@ import torch
 def main() -> None:
     from megatron.core.models.common.embeddings import rope_utils
 
+    from tulu_mcore.models import kernels
     from tulu_mcore.models.packed_rope import rope_thd
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,9 +38,21 @@ def main() -> None:
     # row as positions in the row, which only a one-document row gives)
     freqs = torch.randn(longest, 1, 1, args.dim, generator=g).to(args.device)
     group = SimpleNamespace(size=lambda: 1, rank=lambda: 0)  # what megatron asks of a CP group
+    def hook(mode):
+        def run():
+            kernels.configure(mode)
+            try:
+                return rope_thd(t, cu, freqs)
+            finally:
+                kernels.configure("auto")
+        return run
+
+    compiled = hook("compiled")
+
     fns = {"megatron_unfused": lambda: rope_utils._apply_rotary_pos_emb_thd(t, cu, freqs, cp_group=group),
-           "hook": lambda: rope_thd(t, cu, freqs)}
-    res = {"args": vars(args), "identical": torch.equal(fns["hook"](), fns["megatron_unfused"]())}
+           "hook_eager": hook("eager"), "hook_compiled": compiled}
+    res = {"args": vars(args), "identical_eager": torch.equal(hook("eager")(), fns["megatron_unfused"]()),
+           "compiled_max_diff": (compiled() - fns["megatron_unfused"]()).abs().max().item()}
     for name, fn in fns.items():
         fn()
         t0 = time.perf_counter()
