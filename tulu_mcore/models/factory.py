@@ -110,7 +110,8 @@ def transformer_config(
         bias_dropout_fusion=fuse,
         apply_rope_fusion=True,
         cross_entropy_loss_fusion=fuse,
-        cross_entropy_fusion_impl="te" if te else "native",
+        # megatron's own fused cross entropy: TE's checks its labels with torch.equal (a host sync)
+        cross_entropy_fusion_impl="native",
         persist_layer_norm=False,
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,
