@@ -11,7 +11,7 @@
 # transformers (tiny + 1B); SFT step tokens/s, TFLOP/s and MFU vs transformers + fused AdamW on the same
 # packed rows (1B; an 8B slice of 4 layers at 4096 and 8192); with Transformer Engine: TE-spec parity,
 # TE bf16 and FP8 (delayed, tensorwise) with their loss curves; each speed-up switched off in turn (1B);
-# packed attention timing; the DPO step with the reference cache vs a live reference; megatron-engine
+# each element-wise kernel eager vs compiled/fused; packed attention timing; the DPO step with the reference cache vs a live reference; megatron-engine
 # generation. Transformer Engine is installed first when staged by benchmarks/device/stage_te.sh (.te/).
 # The whole run keeps to BUDGET_S (default 470 s): a stage gets at most what is left, and stages that
 # would start with under 15 s left are recorded as skipped. TULU_COMMIT names the commit in the report.
@@ -82,6 +82,8 @@ stage sft_1b_per_document 90 "${sft[@]}" --model $one_b --seq $s1 --skip-transfo
 stage sft_1b_eager 90 "${sft[@]}" --model $one_b --seq $s1 --skip-transformers --kernels eager --label "eager kernels"
 stage sft_1b_foreach 90 "${sft[@]}" --model $one_b --seq $s1 --skip-transformers --optim-impl foreach \
   --label "foreach AdamW"
+stage kernels 90 $py "$here/kernels.py" "${dev[@]}" --jsonl "$jsonl" \
+  $([ -n "${DRY_RUN:-}" ] && echo "--tokens 256 --vocab 4096 --repeat 2")
 stage packed 90 $py "$here/device_check.py" packed "${dev[@]}" --model $one_b --precision $prec --seq $s1 --jsonl "$jsonl"
 stage dpo 150 $py "$here/dpo_reference.py" --model $one_b "${dev[@]}" --precision $prec --ranks 1 --steps 6 \
   --tokenizer tiny --json "$out/dpo.json"

@@ -30,6 +30,11 @@ def main(path: str) -> None:
         out += ["", "## Parity vs transformers (tulu-convert verify)", "", "| case | result |", "|---|---|"]
         out += [f"| {r['what'][7:]} | {', '.join(f'{k}={v}' for k, v in r.items() if k not in ('what', 't_s'))} |"
                 for r in parity]
+    if by("kernel"):
+        out += ["", "## Element-wise kernels, forward + backward: eager vs what model.kernels=auto runs", "",
+                "| kernel | eager ms | compiled/fused ms | speed-up | max diff (out, grad) |", "|---|---:|---:|---:|---|"]
+        out += [f"| {k['kernel']} | {k['eager_ms']:.2f} | {k['fused_ms']:.2f} | {k['speedup']:.2f} | "
+                f"{k['max_out_diff']:.1e}, {k['max_grad_diff']:.1e} |" for k in by("kernel")]
     for p in by("packed"):
         out += ["", "## Packed attention: varlen vs per-document loop", "",
                 "| | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in p.items() if k != "what"]

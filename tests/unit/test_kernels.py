@@ -113,3 +113,26 @@ def test_adam_impl_flags_and_refusals():
     fused_elsewhere = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])  # stands in for TE's FusedAdam
     with pytest.raises(ConfigError, match="always fused"):
         set_adam_impl(Wrapped(fused_elsewhere), "foreach", "cuda")
+
+
+@pytest.mark.parametrize("precision,device,mode,fused,fused_ce", [
+    ("bf16", "cuda", "auto", True, True),
+    ("fp32", "cuda", "auto", True, False),  # megatron's fused cross entropy returns bf16 gradients
+    ("bf16", "cpu", "auto", False, False),
+    ("bf16", "cuda", "eager", False, False),
+])
+def test_fusion_flags_follow_model_kernels(precision, device, mode, fused, fused_ce):
+    from tulu_mcore.arch import Layout
+    from tulu_mcore.config.compose import compose
+    from tulu_mcore.models.factory import transformer_config
+
+    cfg = compose([f"precision={precision}"])
+    kernels.configure(mode)
+    try:
+        tc = transformer_config(cfg.model.arch, Layout(1, 1, 1, 1, 1, 1, False, (4,), 1), cfg.precision,
+                                device=device, attention="sdpa")
+    finally:
+        kernels.configure("auto")
+    assert (tc.bias_activation_fusion, tc.bias_dropout_fusion) == (fused, fused)
+    assert tc.cross_entropy_loss_fusion is fused_ce and tc.cross_entropy_fusion_impl == "native"
+    assert tc.apply_rope_fusion and rope_utils.fused_apply_rotary_pos_emb_thd is not None  # the sync-free hook

@@ -109,8 +109,10 @@ def transformer_config(
         bias_activation_fusion=fuse,
         bias_dropout_fusion=fuse,
         apply_rope_fusion=True,
-        cross_entropy_loss_fusion=fuse,
-        # megatron's own fused cross entropy: TE's checks its labels with torch.equal (a host sync)
+        # megatron's native fused cross entropy returns bf16 logit gradients whatever the dtype: on for
+        # bf16 weights only (where the unfused one's gradients are cast to bf16 too). TE's checks its
+        # labels with torch.equal (a host sync): not used.
+        cross_entropy_loss_fusion=fuse and dtype == torch.bfloat16,
         cross_entropy_fusion_impl="native",
         persist_layer_norm=False,
         masked_softmax_fusion=False,
