@@ -72,33 +72,23 @@ def main() -> None:
     labels = torch.randint(0, args.vocab, (n, 1), generator=g).to(dev)
     world = dist.group.WORLD
 
-    def compiled(fn):
+    def in_mode(mode, fn):  # fn run under model.kernels=mode
         def run(*xs):
-            kernels.configure("compiled")
+            kernels.configure(mode)
             try:
-                return kernels.pick(fn, xs[0])(*xs)
+                return fn(*xs)
             finally:
                 kernels.configure("auto")
         return run
 
-    def rope_compiled(t):
-        kernels.configure("compiled")
-        try:
-            return rope_thd(t, cu, freqs)
-        finally:
-            kernels.configure("auto")
-
-    def rope_eager(t):
-        kernels.configure("eager")
-        try:
-            return rope_thd(t, cu, freqs)
-        finally:
-            kernels.configure("auto")
+    def rope(t):
+        return rope_thd(t, cu, freqs)
 
     cases = {
         "rms_norm": ((rand(n, args.hidden), rand(args.hidden)),
-                     lambda x, w: rms_norm(x, w, 1e-5), compiled(lambda x, w: rms_norm(x, w, 1e-5))),
-        "rope": ((rand(n, 32, 64),), rope_eager, rope_compiled),
+                     lambda x, w: rms_norm(x, w, 1e-5),
+                     in_mode("compiled", lambda x, w: kernels.pick(rms_norm, x)(x, w, 1e-5))),
+        "rope": ((rand(n, 32, 64),), in_mode("eager", rope), in_mode("compiled", rope)),
         "swiglu": ((rand(n, 1, 2 * args.ffn),),
                    lambda y: F.silu(y.chunk(2, -1)[0]) * y.chunk(2, -1)[1], lambda y: bias_swiglu_impl(y, None)),
         # bf16 logits, the only dtype the model uses the fused one with (its gradients are always bf16)
