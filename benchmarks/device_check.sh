@@ -50,7 +50,7 @@ stage() {  # stage NAME SECONDS CMD...: runs CMD with a time limit, records how 
   echo "   rc=$rc in $((SECONDS - t0))s" | tee -a "$log"
 }
 
-if [ -f .te/0/CORE_NAME ] && ! $py -c "import transformer_engine.pytorch" 2>/dev/null; then
+if [ -z "${DRY_RUN:-}" ] && [ -f .te/0/CORE_NAME ] && ! $py -c "import transformer_engine.pytorch" 2>/dev/null; then
   stage te_install 120 bash "$here/device/install_te.sh"
   export PYTHONPATH=$PYTHONPATH:${TE_SITE:-/tmp/te-site}
 fi
@@ -82,7 +82,7 @@ stage sft_1b_per_document 90 "${sft[@]}" --model $one_b --seq $s1 --skip-transfo
 stage sft_1b_eager 90 "${sft[@]}" --model $one_b --seq $s1 --skip-transformers --kernels eager --label "eager kernels"
 stage sft_1b_foreach 90 "${sft[@]}" --model $one_b --seq $s1 --skip-transformers --optim-impl foreach \
   --label "foreach AdamW"
-stage kernels 90 $py "$here/kernels.py" "${dev[@]}" --jsonl "$jsonl" \
+stage kernels 90 $py "$here/kernel_fusions.py" "${dev[@]}" --jsonl "$jsonl" \
   $([ -n "${DRY_RUN:-}" ] && echo "--tokens 256 --vocab 4096 --repeat 2")
 stage packed 90 $py "$here/device_check.py" packed "${dev[@]}" --model $one_b --precision $prec --seq $s1 --jsonl "$jsonl"
 stage dpo 150 $py "$here/dpo_reference.py" --model $one_b "${dev[@]}" --precision $prec --ranks 1 --steps 6 \

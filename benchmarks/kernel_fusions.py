@@ -4,8 +4,8 @@ RMSNorm (compiled), RoPE on a packed row (the hook, compiled), SwiGLU (megatron'
 `vocab_parallel_cross_entropy`); forward + backward, 1B-shaped activations, with the largest difference
 of outputs and input gradients.
 
-    python benchmarks/kernels.py --device cuda --tokens 4096        # a GPU
-    python benchmarks/kernels.py --device cpu --tokens 1024 --vocab 32768   # here (compiles on the CPU)
+    python benchmarks/kernel_fusions.py --device cuda --tokens 4096        # a GPU
+    python benchmarks/kernel_fusions.py --device cpu --tokens 1024 --vocab 32768   # here (compiles on the CPU)
 """
 
 from __future__ import annotations
