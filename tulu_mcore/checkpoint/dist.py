@@ -300,7 +300,7 @@ def load_checkpoint(chunks, ckpt_dir: str | Path, optimizer=None) -> dict:
                 f"unexpected {unexpected[:3]})"
             )
     if optimizer is not None:
-        opt_fix.follow_current_lr(optimizer, loaded["optimizer"])  # a resume with another optim.lr
+        opt_fix.follow_current_settings(optimizer, loaded["optimizer"])  # another optim.lr / optim.impl
         optimizer.load_state_dict(loaded["optimizer"])
         opt_fix.unshare_steps(optimizer)
     common = {k: v for k, v in loaded.items() if k not in model_keys and k != "optimizer"}

@@ -74,20 +74,27 @@ def unshare_steps(optimizer) -> None:
                 st["step"] = st["step"].clone()
 
 
-def follow_current_lr(optimizer, state: dict | list) -> None:
-    """A resume with another optim.lr or optim.min_lr: megatron pairs saved and current param groups by a
-    tuple of per-group settings that includes ``max_lr`` and ``min_lr`` (a KeyError when they changed).
-    The saved groups take the current groups' values (matched on the rest of the tuple), so the new
-    schedule applies from the resumed step; the Adam states are untouched."""
+def follow_current_settings(optimizer, state: dict | list) -> None:
+    """A resume keeps the current run's settings where the saved param groups would otherwise win:
+    * the learning-rate bounds (optim.lr, optim.min_lr): megatron pairs saved and current groups by a
+      tuple of per-group settings that includes ``max_lr`` and ``min_lr`` (a KeyError when they changed),
+      so the new schedule applies from the resumed step;
+    * how torch's AdamW steps (optim.impl: ``fused`` / ``foreach`` / ``capturable``): torch's
+      ``load_state_dict`` adopts the saved groups' flags and places each ``step`` by them (on the
+      parameter's device for fused), so a run saved fused would resume fused whatever it asks.
+    The saved groups take the current groups' values (matched on the rest of the tuple); the Adam states
+    are untouched."""
     from megatron.core.optimizer.optimizer import param_group_identifier_keys
 
     lr_keys = ("max_lr", "min_lr")
+    impl_keys = ("fused", "foreach", "capturable")  # torch AdamW's; absent from TE's / Apex's FusedAdam
     rest = [k for k in param_group_identifier_keys if k not in lr_keys]
 
     def key(group: dict) -> tuple:
         return tuple(group.get(k, group.get(f"pre_{k}")) for k in rest)
 
-    current = {key(g): {k: g.get(k) for k in lr_keys} for g in optimizer.param_groups}
+    current = {key(g): {**{k: g.get(k) for k in lr_keys}, **{k: g[k] for k in impl_keys if k in g}}
+               for g in optimizer.param_groups}
     for sd in state if isinstance(state, list) else [state]:
         inner = sd.get("optimizer", sd) if isinstance(sd, dict) else {}
         for group in inner.get("param_groups", []) if isinstance(inner, dict) else []:
