@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import torch
-from gpu_sft import record, synthetic_rows  # beside this file
+from gpu_sft import count_syncs, record, synthetic_rows  # beside this file
 
 
 def env(args) -> None:
@@ -55,8 +55,6 @@ def setup_model(args, overrides=()):
 def packed(args) -> None:
     """One packed row through the model twice, varlen flash attention vs the per-document loop: the
     outputs' difference, each path's time, and the host syncs torch reports in a forward+backward."""
-    import warnings
-
     from tulu_mcore import runtime
     from tulu_mcore.models import kernels
     from tulu_mcore.training.step import packed_forward
@@ -82,15 +80,8 @@ def packed(args) -> None:
                 res[f"{name}_fwd_bwd_ms"] = 1e3 * (time.perf_counter() - t0)
             outs[name] = out.detach().float()
             if rt.device == "cuda":
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    torch.cuda.set_sync_debug_mode(1)
-                    try:
-                        out, _ = packed_forward(batch, model)
-                        out.float().sum().backward()
-                    finally:
-                        torch.cuda.set_sync_debug_mode(0)
-                res[f"{name}_host_syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+                res[f"{name}_host_syncs"] = count_syncs(
+                    lambda row: packed_forward(row, model)[0].float().sum().backward(), batch)
         finally:
             kernels.varlen_supported = supported
     res["varlen_used"] = supported(torch.zeros(1, 1, 8, device=rt.device, dtype=torch.bfloat16), 0.0)

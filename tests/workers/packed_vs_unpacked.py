@@ -141,7 +141,7 @@ def main(ckpt: str, out: str, overrides: list[str]) -> None:
     varlen, supported = kernels._varlen, kernels.varlen_supported
     kernels._varlen, kernels.varlen_supported = (lambda: (dense_varlen, True, True)), (lambda q, p: True)
     try:
-        fast_sites, fast_out = [], None
+        fast_sites = []
         fast_out = fwd_bwd(fast_sites)
     finally:
         kernels._varlen, kernels.varlen_supported = varlen, supported
