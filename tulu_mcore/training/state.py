@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tulu_mcore.runtime.distributed import host_group
+
 
 def rng_state() -> dict:
     """Every random stream of this rank (Python, NumPy, torch CPU/CUDA, megatron's tracker)."""
@@ -54,8 +56,6 @@ class StopRequest:
     def requested(self, also: bool = False) -> bool:
         """Whether any rank received a stop signal (or has its own reason: `also`). Reduced on the host
         (gloo): asking costs no device sync."""
-        from tulu_mcore.runtime.distributed import host_group
-
         flag = torch.tensor([1 if self.received is not None or also else 0])
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=host_group())
