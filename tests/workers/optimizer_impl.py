@@ -14,7 +14,6 @@ import torch
 def main(ckpt: str, out: str) -> None:
     import torch.distributed as dist
 
-    from tests.workers.train_steps import global_batch
     from tulu_mcore import runtime
     from tulu_mcore.checkpoint.dist import load_checkpoint, save_checkpoint
     from tulu_mcore.config.compose import compose
@@ -24,7 +23,8 @@ def main(ckpt: str, out: str) -> None:
 
     cfg = compose(["runtime.device=cpu", "model=tiny", "optim.lr=1e-3"])
     rt = runtime.setup(cfg)
-    batch = global_batch(cfg.model.arch.vocab_size, 2, 32)
+    tokens = torch.randint(0, cfg.model.arch.vocab_size, (2, 33), generator=torch.Generator().manual_seed(0))
+    batch = [{"tokens": t[None, :-1], "labels": t[None, 1:], "loss_mask": torch.ones(1, 32)} for t in tokens]
 
     def build(impl):
         cfg.optim.impl = impl
